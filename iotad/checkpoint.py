@@ -1,0 +1,99 @@
+"""Per-round checkpoints of the global detector, and the round history.
+
+Layout of a checkpoint folder::
+
+    round-0003/     the global bundle after round 3 (weights, scaler, threshold, round)
+    latest.json     {"round": 3}: written last, so it only ever names a complete bundle
+    history.json    one RoundRecord per completed round (what the aggregator exports)
+    eval_histograms.json  merged per-class score histograms of the latest round
+
+A run lost with its SuperLink resumes from ``latest``: same weights, scaler and
+threshold, the remaining rounds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from iotad.data.schema import FEATURE_NAMES
+from iotad.detector import Detector, detector_from_weights
+from iotad.evaluation import ClassHistograms
+from iotad.preprocessing import Scaler
+
+
+@dataclass
+class RoundRecord:
+    """What one completed round produced (aggregates only)."""
+
+    round: int
+    train_loss: float | None
+    devices_participating: int
+    devices_failed: int
+    rejected_updates: dict[str, int]
+    threshold: float
+    metrics: dict[str, Any]
+    duration_seconds: float
+    model_bytes: int
+    finished_at: float = field(default_factory=time.time)
+
+
+@dataclass
+class Checkpoint:
+    round: int
+    weights: list[np.ndarray]
+    scaler: Scaler
+    threshold: float
+    quantile: float
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, allow_nan=False) + "\n")
+    os.replace(tmp, path)
+
+
+class CheckpointStore:
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def bundle_dir(self, server_round: int) -> Path:
+        return self.root / f"round-{server_round:04d}"
+
+    def save(self, ckpt: Checkpoint, history: list[RoundRecord], histograms: ClassHistograms) -> Path:
+        self.root.mkdir(parents=True, exist_ok=True)
+        bundle = detector_from_weights(
+            ckpt.weights, ckpt.scaler, ckpt.threshold, quantile=ckpt.quantile, round=ckpt.round,
+            feature_names=FEATURE_NAMES, metadata={"source": "federated"},
+        ).save(self.bundle_dir(ckpt.round))
+        write_json_atomic(self.root / "eval_histograms.json", histograms.to_dict())
+        write_json_atomic(self.root / "history.json", [asdict(r) for r in history])
+        write_json_atomic(self.root / "latest.json", {"round": ckpt.round})
+        return bundle
+
+    def latest(self) -> Checkpoint | None:
+        try:
+            server_round = int(json.loads((self.root / "latest.json").read_text())["round"])
+        except FileNotFoundError:
+            return None
+        det = Detector.load(self.bundle_dir(server_round), feature_names=FEATURE_NAMES)
+        assert det.scaler is not None and det.threshold is not None
+        from iotad.train import get_weights
+
+        return Checkpoint(server_round, get_weights(det.model), det.scaler, det.threshold, det.quantile)
+
+    def histograms(self) -> ClassHistograms:
+        return ClassHistograms.from_dict(json.loads((self.root / "eval_histograms.json").read_text()))
+
+    def history(self) -> list[RoundRecord]:
+        try:
+            rows = json.loads((self.root / "history.json").read_text())
+        except FileNotFoundError:
+            return []
+        return [RoundRecord(**row) for row in rows]

@@ -1,0 +1,135 @@
+"""Flower ClientApp: thin handlers around :mod:`iotad.local_steps`.
+
+Each handler loads the device's cached splits, applies the global state it was
+sent, calls one pure local step and wraps the aggregates in a reply. Under the
+deployment engine every message runs in a fresh process, so module-level work is
+kept to imports.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from iotad import local_steps
+from iotad.data.device import load_device_splits
+from iotad.data.splits import Splits
+from iotad.records import (
+    config_float,
+    config_int,
+    confusion_to_metrics,
+    histograms_to_metrics,
+    scaler_from_config,
+    stats_to_metrics,
+)
+from iotad.telemetry import DeviceTelemetry
+from iotad.train import TrainConfig
+
+app = ClientApp()
+
+
+def device_name(context: Context) -> str:
+    """The node's ``device-name``, else ``$IOTAD_DEVICE`` (what the agent uses), else device-<partition-id>."""
+    name = context.node_config.get("device-name") or os.environ.get("IOTAD_DEVICE")
+    return str(name or f"device-{context.node_config.get('partition-id', 0)}")
+
+
+def _telemetry(context: Context) -> DeviceTelemetry:
+    telemetry = DeviceTelemetry(device_name(context))
+    telemetry.clientapp_started()
+    return telemetry
+
+
+def device_data(context: Context, config: ConfigRecord) -> Path:
+    """Deployment: the node's own ``data-path``; simulation: ``data-dir``/device-<partition-id>."""
+    if "data-path" in context.node_config:
+        return Path(str(context.node_config["data-path"]))
+    return Path(str(config["data-dir"])) / f"device-{context.node_config['partition-id']}"
+
+
+def _splits(msg: Message, context: Context) -> Splits:
+    config = msg.content.config_records["config"]
+    cache = context.node_config.get("cache-dir") or os.environ.get("IOTAD_CACHE_DIR")
+    return load_device_splits(
+        device_data(context, config),
+        seed=config_int(config, "split-seed", 0),
+        cache_dir=Path(str(cache)) if cache else Path.home() / ".cache" / "iotad",
+    )
+
+
+def _reply(msg: Message, metrics: MetricRecord, arrays: ArrayRecord | None = None) -> Message:
+    content = RecordDict({"metrics": metrics})
+    if arrays is not None:
+        content["arrays"] = arrays
+    return Message(content=content, reply_to=msg)
+
+
+@app.query("feature_stats")
+def feature_stats(msg: Message, context: Context) -> Message:
+    """Phase 0: scaling statistics of local normal training rows."""
+    return _reply(msg, stats_to_metrics(local_steps.feature_stats(_splits(msg, context))))
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    telemetry = _telemetry(context)
+    config = msg.content.config_records["config"]
+    splits = _splits(msg, context)
+    cfg = TrainConfig(
+        epochs=config_int(config, "local-epochs", 2),
+        batch_size=config_int(config, "batch-size", 1024),
+        lr=config_float(config, "learning-rate", 1e-3),
+        proximal_mu=config_float(config, "proximal-mu", 0.0),
+        seed=config_int(config, "server-round", 0) + int(context.node_id % 1000),
+    )
+    weights, result = local_steps.train(
+        splits, msg.content.array_records["arrays"].to_numpy_ndarrays(), scaler_from_config(config), cfg
+    )
+    metrics = MetricRecord(
+        {
+            "num-examples": int(result.samples // max(cfg.epochs, 1)),
+            "train-loss": float(result.final_loss),
+        }
+    )
+    telemetry.trained(
+        loss=result.final_loss, samples=result.samples, epochs=len(result.epoch_losses), seconds=result.seconds
+    )
+    return _reply(msg, metrics, ArrayRecord.from_numpy_ndarrays(weights))
+
+
+@app.query("calibrate")
+def calibrate(msg: Message, context: Context) -> Message:
+    """Histogram of the global model's errors on held-out normal rows."""
+    config = msg.content.config_records["config"]
+    hist = local_steps.calibration_histogram(
+        _splits(msg, context), msg.content.array_records["arrays"].to_numpy_ndarrays(), scaler_from_config(config)
+    )
+    return _reply(msg, MetricRecord({"num-examples": int(hist.sum()), "hist.calibration": [int(v) for v in hist]}))
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    """Confusion counts and per-class score histograms at the global threshold."""
+    telemetry = _telemetry(context)
+    t0 = time.monotonic()
+    config = msg.content.config_records["config"]
+    weights = msg.content.array_records["arrays"].to_numpy_ndarrays()
+    scaler = scaler_from_config(config)
+    threshold = config_float(config, "threshold")
+    local = local_steps.evaluate(_splits(msg, context), weights, scaler, threshold)
+    metrics = MetricRecord({"num-examples": local.confusion.n_normal + local.confusion.n_attack})
+    confusion_to_metrics(local.confusion, metrics)
+    histograms_to_metrics(local.histograms, metrics)
+    model_dir = context.node_config.get("model-dir") or os.environ.get("IOTAD_MODEL_DIR")
+    if model_dir:
+        # Hand the complete global bundle to the device agent, which hot-reloads it.
+        local_steps.save_global_bundle(
+            Path(str(model_dir)), weights, scaler, threshold, config_int(config, "server-round", 0),
+            quantile=config_float(config, "quantile", 0.99),
+        )
+    telemetry.evaluated(seconds=time.monotonic() - t0)
+    return _reply(msg, metrics)

@@ -1,0 +1,77 @@
+"""One device's traffic, loaded once and cached as arrays.
+
+Under the deployment engine every ClientApp message runs in a fresh process, so
+re-parsing the CSV each time would dominate a round. The encoded splits are cached
+as a plain ``.npz`` (no pickle) keyed by the file's identity, the split seed and the
+feature layout; a changed file or encoder invalidates the cache by itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+
+from iotad.data.schema import FEATURE_NAMES
+from iotad.data.splits import Splits, split_traffic
+from iotad.data.traffic import Traffic
+
+_PARTS = ("train", "calibration", "evaluation")
+
+
+def traffic_file(path: Path) -> Path:
+    """A device's CSV: the path itself, or ``traffic.csv`` inside a device folder."""
+    return path / "traffic.csv" if path.is_dir() else path
+
+
+def _cache_key(csv: Path, seed: int) -> str:
+    st = csv.stat()
+    ident = f"{csv.resolve()}|{st.st_size}|{st.st_mtime_ns}|{seed}|{'|'.join(FEATURE_NAMES)}"
+    return hashlib.sha256(ident.encode()).hexdigest()[:16]
+
+
+def _save(cache: Path, splits: Splits) -> None:
+    arrays: dict[str, np.ndarray] = {}
+    for name in _PARTS:
+        part: Traffic = getattr(splits, name)
+        arrays[f"{name}.features"] = part.features
+        arrays[f"{name}.labels"] = part.labels
+        arrays[f"{name}.attack_types"] = part.attack_types.astype("U32")
+        arrays[f"{name}.row_index"] = part.row_index
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(f".{os.getpid()}.tmp.npz")
+    np.savez(tmp, **arrays)  # type: ignore[arg-type]
+    os.replace(tmp, cache)  # atomic: concurrent ClientApp processes never see half a file
+
+
+def _load(cache: Path) -> Splits:
+    with np.load(cache, allow_pickle=False) as z:
+        parts = [
+            Traffic(
+                features=z[f"{name}.features"],
+                labels=z[f"{name}.labels"],
+                attack_types=z[f"{name}.attack_types"].astype(object),
+                row_index=z[f"{name}.row_index"],
+                rejected={},
+                rows_read=len(z[f"{name}.labels"]),
+            )
+            for name in _PARTS
+        ]
+    return Splits(*parts)
+
+
+def load_device_splits(path: Path, seed: int, cache_dir: Path | None = None) -> Splits:
+    """Encoded train / calibration / evaluation splits of one device's traffic."""
+    csv = traffic_file(Path(path))
+    if cache_dir is not None and csv.exists():
+        cache = Path(cache_dir) / f"splits-{_cache_key(csv, seed)}.npz"
+        if cache.exists():
+            return _load(cache)
+    from iotad.data.loader import load_traffic  # pandas only on a cache miss
+
+    splits = split_traffic(load_traffic([csv]), seed)
+    if cache_dir is not None:
+        _save(cache, splits)
+    return splits

@@ -1,0 +1,369 @@
+"""Stream Edge-IIoTset CSVs into encoded (unscaled) features, with bounded memory.
+
+Files are read in blocks of whole lines. Each block's field counts are checked with
+numpy on the raw bytes (commas per line; the csv module only for the rare lines with
+quotes), lines of the wrong width are cut out, and the rest goes to pandas' C parser
+with ``dtype=str``. This is exact for too-few and too-many fields alike, which padding
+with spare column names cannot be: the C parser fills missing fields with "" and so
+cannot tell ``a,b`` from ``a,b,``.
+
+Rows are then encoded (:mod:`iotad.data.encoding`), bad rows counted per reason, and
+duplicates removed across chunks through 64-bit row hashes.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, cast
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+
+from iotad.data.encoding import (
+    COLUMN_COUNT,
+    DUPLICATE,
+    SchemaError,
+    encode_frame,
+    row_hashes,
+)
+from iotad.data.schema import (
+    CATEGORICAL_COLUMNS,
+    FEATURE_NAMES,
+    LABEL_COLUMN,
+    N_FEATURES,
+    NUMERIC_COLUMNS,
+    RAW_COLUMNS,
+    REJECT_REASONS,
+    TRAFFIC_TYPES,
+    TYPE_COLUMN,
+)
+from iotad.data.traffic import Traffic, _no_rejects
+
+__all__ = [
+    "FEATURE_NAMES",
+    "N_FEATURES",
+    "REJECT_REASONS",
+    "SchemaError",
+    "Traffic",
+    "iter_traffic",
+    "load_traffic",
+    "read_header",
+]
+
+PathLike = str | os.PathLike[str]
+Paths = PathLike | Iterable[PathLike]
+
+# Type code -> spelling; code -1 (unlabelled) picks the trailing "".
+_TYPE_NAMES = np.array([*TRAFFIC_TYPES, ""], dtype=object)
+
+
+def _as_paths(paths: Paths) -> list[Path]:
+    if isinstance(paths, str | os.PathLike):
+        return [Path(paths)]
+    return [Path(p) for p in paths]
+
+
+def _open(path: Path) -> IO[bytes]:
+    if path.suffix == ".gz":
+        return cast(IO[bytes], gzip.open(path, "rb"))
+    return path.open("rb")
+
+
+def read_header(path: PathLike) -> list[str]:
+    """Column names of a CSV's first line (stripped; BOM removed).
+
+    Raises
+    ------
+    SchemaError
+        If the file is missing, unreadable or empty.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise SchemaError(f"{p}: no such file")
+    try:
+        with _open(p) as f:
+            first = f.readline(1 << 20)
+    except OSError as exc:
+        raise SchemaError(f"{p}: cannot read: {exc}") from exc
+    text = first.decode("utf-8-sig", errors="replace").strip("\r\n")
+    if not text.strip():
+        raise SchemaError(f"{p}: empty file, expected a header line")
+    return [name.strip() for name in next(csv.reader([text]))]
+
+
+def _names(names: Sequence[str], limit: int = 4) -> str:
+    shown = ", ".join(repr(n) for n in names[:limit])
+    return shown + (f" (+{len(names) - limit} more)" if len(names) > limit else "")
+
+
+def check_header(path: PathLike, header: Sequence[str], *, labelled: bool) -> None:
+    """Raise ``SchemaError`` unless ``header`` is the Edge-IIoTset schema (any order).
+
+    Unlabelled reads also accept the schema without the two label columns.
+    """
+    expected = set(RAW_COLUMNS)
+    if not labelled:
+        expected -= {LABEL_COLUMN, TYPE_COLUMN}
+    present = set(header)
+    dupes = sorted({n for n in header if header.count(n) > 1})
+    missing = [c for c in RAW_COLUMNS if c in expected and c not in present]
+    unknown = [c for c in header if c not in RAW_COLUMNS]
+    problems = []
+    if missing:
+        problems.append(f"missing {_names(missing)}")
+    if unknown:
+        problems.append(f"unknown {_names(unknown)}")
+    if dupes:
+        problems.append(f"repeated {_names(dupes)}")
+    if problems:
+        what = "labelled " if labelled else ""
+        raise SchemaError(
+            f"{path}: header is not the {what}Edge-IIoTset schema: {'; '.join(problems)}"
+        )
+
+
+def _line_blocks(f: IO[bytes], chunk_rows: int) -> Iterator[bytes]:
+    """Blocks of at most ``chunk_rows`` whole lines, each ending with a newline."""
+    read_size = max(1 << 16, chunk_rows * 256)
+    pending = b""
+    newlines = 0
+    eof = False
+    while True:
+        while newlines < chunk_rows and not eof:
+            data = f.read(read_size)
+            if data:
+                pending += data
+                newlines += data.count(b"\n")
+            else:
+                eof = True
+        if newlines >= chunk_rows:
+            ends = np.flatnonzero(np.frombuffer(pending, dtype=np.uint8) == 10)
+            cut = int(ends[chunk_rows - 1]) + 1
+            read_size = max(1 << 16, cut)  # about one block per read from now on
+            block, pending = pending[:cut], pending[cut:]
+            newlines -= chunk_rows
+            yield block
+        else:
+            if pending:
+                yield pending if pending.endswith(b"\n") else pending + b"\n"
+            return
+
+
+def _count_between(positions: npt.NDArray[np.intp], starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    return np.searchsorted(positions, ends) - np.searchsorted(positions, starts)
+
+
+@dataclass
+class _Lines:
+    good: bytes  # the lines of the expected width, in order
+    n_good: int
+    good_rows: npt.NDArray[np.int64]  # their data-row numbers
+    rows: int  # data rows in the block (blank lines are not rows)
+    bad_width: int  # rows of the wrong width
+
+
+def _split_block(block: bytes, n_fields: int, first_row: int) -> _Lines:
+    """Check every line's field count on the raw bytes and keep the well-formed lines."""
+    raw = np.frombuffer(block, dtype=np.uint8)
+    ends = np.flatnonzero(raw == 10)  # each line ends with \n (guaranteed by _line_blocks)
+    starts = np.concatenate(([0], ends[:-1] + 1))
+    content_end = ends - (raw[np.maximum(ends - 1, 0)] == 13) * (ends > starts)  # drop a \r
+    blank = content_end <= starts
+    fields = _count_between(np.flatnonzero(raw == 44), starts, content_end) + 1
+    if b'"' in block:
+        quotes = _count_between(np.flatnonzero(raw == 34), starts, content_end)
+        # An odd count means a field spans lines or is malformed: the row is unusable.
+        fields[quotes % 2 == 1] = -1
+        for i in np.flatnonzero((quotes > 0) & (quotes % 2 == 0)):
+            line = block[starts[i] : content_end[i]].decode("utf-8", errors="replace")
+            fields[i] = len(next(csv.reader([line])))
+    good = (fields == n_fields) & ~blank
+    row_numbers = first_row + np.cumsum(~blank, dtype=np.int64) - 1
+    rows = int((~blank).sum())
+    n_good = int(good.sum())
+    kept = block if n_good == len(ends) else raw[np.repeat(good, ends - starts + 1)].tobytes()
+    return _Lines(kept, n_good, row_numbers[good], rows, rows - n_good)
+
+
+def _parse_lines(lines: _Lines, header: list[str], usecols: list[str]) -> pd.DataFrame:
+    """Well-formed lines -> frame of raw strings, one row per line."""
+    if lines.n_good == 0:
+        return pd.DataFrame({c: pd.Series([], dtype=str) for c in usecols})
+    frame = pd.read_csv(
+        io.BytesIO(lines.good), engine="c", header=None, names=header, usecols=usecols, dtype=str,
+        keep_default_na=False, na_filter=False, skip_blank_lines=False, encoding_errors="replace",
+    )
+    if len(frame) != lines.n_good:
+        # Quoting the byte-level check did not foresee (e.g. a lone \r in quotes): parse
+        # line by line so that rows stay aligned with their numbers.
+        text = lines.good.decode("utf-8", errors="replace").split("\n")[: lines.n_good]
+        records = [next(csv.reader([line.rstrip("\r")])) for line in text]
+        frame = pd.DataFrame(records, columns=header, dtype=str)[usecols]
+    return frame
+
+
+@dataclass
+class _Chunk:
+    features: npt.NDArray[np.float32]
+    labels: npt.NDArray[np.int8]
+    type_codes: npt.NDArray[np.int8]
+    row_index: npt.NDArray[np.int64]
+    rejected: dict[str, int]
+    rows_read: int
+
+
+def _iter_chunks(paths: Paths, chunk_rows: int, labelled: bool) -> Iterator[_Chunk]:
+    if chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
+    files = _as_paths(paths)
+    headers = []
+    for path in files:  # all headers first: a bad last file fails before any work
+        header = read_header(path)
+        check_header(path, header, labelled=labelled)
+        headers.append(header)
+    usecols = [*NUMERIC_COLUMNS, *CATEGORICAL_COLUMNS, *((LABEL_COLUMN, TYPE_COLUMN) if labelled else ())]
+    next_row = 0
+    for path, header in zip(files, headers, strict=True):
+        with _open(path) as f:
+            f.readline(1 << 20)
+            for block in _line_blocks(f, chunk_rows):
+                lines = _split_block(block, len(header), next_row)
+                next_row += lines.rows
+                encoded = encode_frame(_parse_lines(lines, header, usecols), labelled=labelled)
+                rejected = _no_rejects()
+                rejected["column_count"] = lines.bad_width
+                counts = np.bincount(encoded.reason, minlength=len(REJECT_REASONS) + 1)
+                for code, reason in enumerate(REJECT_REASONS, start=1):
+                    if code != COLUMN_COUNT:
+                        rejected[reason] += int(counts[code])
+                keep = encoded.reason == 0
+                yield _Chunk(
+                    features=encoded.features[keep] if not keep.all() else encoded.features,
+                    labels=encoded.labels[keep],
+                    type_codes=encoded.type_codes[keep],
+                    row_index=lines.good_rows[keep],
+                    rejected=rejected,
+                    rows_read=lines.rows,
+                )
+
+
+def _to_traffic(chunk: _Chunk) -> Traffic:
+    return Traffic(
+        features=chunk.features,
+        labels=chunk.labels,
+        attack_types=_TYPE_NAMES[chunk.type_codes],
+        row_index=chunk.row_index,
+        rejected=chunk.rejected,
+        rows_read=chunk.rows_read,
+    )
+
+
+def iter_traffic(paths: Paths, *, chunk_rows: int = 100_000, labelled: bool = True) -> Iterator[Traffic]:
+    """Encoded rows of one or more CSVs, chunk by chunk (no deduplication).
+
+    Parameters
+    ----------
+    paths
+        A CSV path (``.csv`` or ``.csv.gz``) or several, read in order.
+    chunk_rows
+        Lines per chunk; bounds memory.
+    labelled
+        Read ``Attack_label``/``Attack_type``; ``False`` for live traffic, which may lack them
+        (labels -1, attack types "").
+
+    Raises
+    ------
+    SchemaError
+        A file is missing or its header is not the Edge-IIoTset schema.
+    """
+    for chunk in _iter_chunks(paths, chunk_rows, labelled):
+        yield _to_traffic(chunk)
+
+
+class _Dedupe:
+    """First-occurrence filter over all rows seen so far, on 64-bit row hashes."""
+
+    def __init__(self) -> None:
+        self.seen = np.zeros(0, dtype=np.uint64)  # sorted
+
+    def first_seen(self, hashes: npt.NDArray[np.uint64]) -> npt.NDArray[np.bool_]:
+        unique, first = np.unique(hashes, return_index=True)
+        pos = np.searchsorted(self.seen, unique)
+        new = pos >= len(self.seen)
+        new[~new] = self.seen[pos[~new]] != unique[~new]
+        keep = np.zeros(len(hashes), dtype=bool)
+        keep[first[new]] = True
+        # Two sorted runs: timsort ("stable") merges them in linear time.
+        self.seen = np.sort(np.concatenate((self.seen, unique[new])), kind="stable")
+        return keep
+
+
+class _Rows:
+    """Growable (n, N_FEATURES) float32 buffer.
+
+    ``ndarray.resize`` reallocs in place (mremap for large blocks on Linux), so growing
+    never holds two copies of the matrix, unlike collecting chunks and concatenating.
+    """
+
+    def __init__(self) -> None:
+        self.array = np.zeros((0, N_FEATURES), dtype=np.float32)
+        self.n = 0
+
+    def append(self, rows: npt.NDArray[np.float32]) -> None:
+        k = len(rows)
+        if self.n + k > len(self.array):
+            self.array.resize((self.n + k, N_FEATURES), refcheck=False)
+        self.array[self.n : self.n + k] = rows
+        self.n += k
+
+    def result(self) -> npt.NDArray[np.float32]:
+        self.array.resize((self.n, N_FEATURES), refcheck=False)
+        return self.array
+
+
+def load_traffic(
+    paths: Paths, *, dedupe: bool = True, chunk_rows: int = 100_000, labelled: bool = True
+) -> Traffic:
+    """Read, encode and (by default) deduplicate one or more CSVs into one ``Traffic``.
+
+    Duplicates are rows whose encodings (features, label, type) are byte-identical, so
+    empty-value spellings and dropped identifier columns do not make rows distinct; the
+    first occurrence is kept. See ``iter_traffic`` for the parameters.
+    """
+    features = _Rows()
+    labels, types, index = [], [], []
+    rejected = _no_rejects()
+    rows_read = 0
+    seen = _Dedupe()
+    for chunk in _iter_chunks(paths, chunk_rows, labelled):
+        rows_read += chunk.rows_read
+        for reason, count in chunk.rejected.items():
+            rejected[reason] += count
+        if dedupe and len(chunk.labels):
+            keep = seen.first_seen(row_hashes(chunk.features, chunk.labels, chunk.type_codes))
+            rejected[REJECT_REASONS[DUPLICATE - 1]] += int((~keep).sum())
+            chunk.features, chunk.labels = chunk.features[keep], chunk.labels[keep]
+            chunk.type_codes, chunk.row_index = chunk.type_codes[keep], chunk.row_index[keep]
+        features.append(chunk.features)
+        labels.append(chunk.labels)
+        types.append(chunk.type_codes)
+        index.append(chunk.row_index)
+        del chunk
+    if not labels:
+        return Traffic.empty()
+    type_codes = np.concatenate(types)
+    return Traffic(
+        features=features.result(),
+        labels=np.concatenate(labels),
+        attack_types=_TYPE_NAMES[type_codes],
+        row_index=np.concatenate(index),
+        rejected=rejected,
+        rows_read=rows_read,
+    )

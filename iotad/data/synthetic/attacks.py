@@ -1,0 +1,329 @@
+"""The 14 attack families of Edge-IIoTset, as packets a gateway would capture.
+
+Each family is ``make(rng, start, net, pool) -> Rows`` where ``len(start)`` is a number
+of units (packets for floods and probes, TCP sessions otherwise), plus the mean rows
+per unit and mean seconds between units, so the caller can size an episode.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from iotad.data.synthetic.packets import (
+    ACK,
+    CWR,
+    ECE,
+    FIN,
+    PSH,
+    RST,
+    SYN,
+    URG,
+    PayloadPool,
+    Rows,
+    Step,
+    Values,
+    conversation,
+    handshake,
+    hexs,
+)
+from iotad.data.synthetic.profiles import (
+    CONNACK_FIELDS,
+    Network,
+    byteswap16,
+    dns_rows,
+    http_exchange,
+    mqtt_connect,
+    tls_streams,
+)
+
+Maker = Callable[[np.random.Generator, np.ndarray, Network, PayloadPool], Rows]
+
+
+def _attacker(rng: np.random.Generator, net: Network, n: int) -> np.ndarray:
+    return rng.choice(np.array(net.attackers, dtype=object), n)
+
+
+def _spoofed(rng: np.random.Generator, n: int) -> np.ndarray:
+    a, b = rng.integers(0, 2, n), rng.integers(2, 255, n)
+    return np.array([f"192.168.{x}.{y}" for x, y in zip(a, b, strict=True)], dtype=object)
+
+
+# ------------------------------------------------------------------ floods (easy)
+
+
+def ddos_udp(rng: np.random.Generator, t: np.ndarray, net: Network, pool: PayloadPool) -> Rows:
+    """Spoofed UDP flood: every packet opens a new stream far beyond normal stream counts."""
+    n = len(t)
+    return Rows(t, "DDoS_UDP").set(
+        ip__src_host=_spoofed(rng, n), ip__dst_host=net.broker, udp__port=rng.integers(1, 65536, n),
+        udp__stream=rng.integers(2_000, 40_000) + np.arange(n),
+        udp__time_delta=np.where(rng.random(n) < 0.8, 0.0, rng.exponential(2e-5, n)),
+    )
+
+
+def ddos_icmp(rng: np.random.Generator, t: np.ndarray, net: Network, pool: PayloadPool) -> Rows:
+    """hping3 --icmp --flood: echo requests whose sequence numbers sweep the whole 16-bit range."""
+    n = len(t)
+    seq = rng.integers(0, 65536) + np.arange(n)
+    return Rows(t, "DDoS_ICMP").set(
+        ip__src_host=_spoofed(rng, n), ip__dst_host=net.broker,
+        icmp__checksum=rng.integers(0, 65536, n), icmp__seq_le=byteswap16(seq),
+        icmp__transmit_timestamp=np.where(rng.random(n) < 0.3, rng.integers(1, 86_400_000, n), 0),
+    )
+
+
+def ddos_tcp(rng: np.random.Generator, t: np.ndarray, net: Network, pool: PayloadPool) -> Rows:
+    """SYN flood, mostly carrying junk data in the SYN (hping3 -d); bare SYNs look like normal ones."""
+    n = len(t)
+    length = np.where(rng.random(n) < 0.3, 0, rng.choice([64, 120, 512, 1000, 1200], n))
+    flags = np.where(rng.random(n) < 0.85, SYN, SYN | PSH | URG)
+    return Rows(t, "DDoS_TCP").set(
+        ip__src_host=_spoofed(rng, n), ip__dst_host=net.broker,
+        tcp__srcport=rng.integers(1024, 65536, n), tcp__dstport=rng.choice([1883, 80, 502], n),
+        tcp__flags=hexs(flags), tcp__connection__syn=1, tcp__flags__ack=0, tcp__seq=0, tcp__ack=0,
+        tcp__ack_raw=0, tcp__checksum=hexs(rng.integers(0, 65536, n)), tcp__len=length,
+        tcp__payload=pool.take(length),
+    )
+
+
+def ddos_http(rng: np.random.Generator, start: np.ndarray, net: Network, pool: PayloadPool) -> Rows:
+    """HTTP GET flood: short crafted requests pipelined on keep-alive connections."""
+    s = len(start)
+    k = 20
+    steps = [*handshake()]
+    for j in range(k):
+        length = rng.integers(60, 130, s)
+        fields: dict[str, Values] = {
+            "http.request.method": np.where(rng.random(s) < 0.85, "GET", "HEAD").astype(object),
+            "http.request.version": np.where(rng.random(s) < 0.6, "HTTP/1.1", "HTTP/1.0").astype(object),
+            "http.request.full_uri": f"http://{net.broker}/?{j}",
+        }
+        steps.append(Step(True, PSH | ACK, length, pool.take(length), fields, gap=0.0004))
+        steps.append(Step(False, ACK, mask=rng.random(s) < 0.5, gap=0.0002))
+        resp = rng.random(s) < 0.3
+        steps.append(Step(False, PSH | ACK, 1448, pool.take(np.full(s, 1448)),
+                          {"http.response": "1", "http.content_length": "10701",
+                           "http.request.version": "HTTP/1.1"}, mask=resp, gap=0.001))
+    steps.append(Step(True, RST | ACK, gap=0.001))
+    return conversation(rng, start, steps, client_ip=_spoofed(rng, s), server_ip=net.broker,
+                        client_port=rng.integers(1024, 65536, s), server_port=80, kind="DDoS_HTTP")
+
+
+# ------------------------------------------------------------------ web attacks (easy / medium)
+
+_SQLI = ("?id=1%27+OR+%271%27%3D%271&Submit=Submit", "?id=1%27+UNION+SELECT+user%2Cpassword+FROM+users--+",
+         "?id=%27+AND+SLEEP%285%29--+&Submit=Submit", "?id=1%27%29%29+OR+1%3D1--")
+_XSS = ("?name=%3Cscript%3Ealert%28document.cookie%29%3C%2Fscript%3E",
+        "?name=%3Cimg+src%3Dx+onerror%3Dalert%281%29%3E", "?default=%3Csvg%2Fonload%3Dalert%28%27x%27%29%3E")
+
+
+def _dvwa(rng: np.random.Generator, start: np.ndarray, net: Network, pool: PayloadPool, *, kind: str,
+          path: str, queries: tuple[str, ...], req_len: tuple[int, int], post_share: float,
+          post_len: tuple[int, int]) -> Rows:
+    s = len(start)
+    post = rng.random(s) < post_share
+    uri = np.array([path + q for q in rng.choice(np.array(queries, dtype=object), s)], dtype=object)
+    uri = np.where(post, path, uri).astype(object)
+    body = rng.integers(*post_len, s)
+    return http_exchange(
+        rng, start, client_ip=_attacker(rng, net, s), server_ip=net.broker,
+        method=np.where(post, "POST", "GET").astype(object), version="HTTP/1.1", referer="127.0.0.1",
+        req_len=rng.integers(*req_len, s) + post * body, content_length=np.where(post, body, 0),
+        resp_len=np.full(s, 1448), resp_content_length=rng.integers(4200, 5600, s), uri=uri, pool=pool,
+        kind=kind, close_rst=0.3,
+    )
+
+
+def sql_injection(rng: np.random.Generator, start: np.ndarray, net: Network, pool: PayloadPool) -> Rows:
+    """DVWA SQL injection: long GET/POST requests (session cookies + payload), referer set."""
+    return _dvwa(rng, start, net, pool, kind="SQL_injection", path="/DVWA/vulnerabilities/sqli/",
+                 queries=_SQLI, req_len=(560, 900), post_share=0.3, post_len=(40, 400))
+
+
+def xss(rng: np.random.Generator, start: np.ndarray, net: Network, pool: PayloadPool) -> Rows:
+    """DVWA reflected/stored XSS: even longer requests with script payloads."""
+    return _dvwa(rng, start, net, pool, kind="XSS", path="/DVWA/vulnerabilities/xss_r/",
+                 queries=_XSS, req_len=(650, 1000), post_share=0.4, post_len=(150, 440))
+
+
+def uploading(rng: np.random.Generator, start: np.ndarray, net: Network, pool: PayloadPool) -> Rows:
+    """Multipart file upload: a POST with a huge Content-Length, then full-size data segments."""
+    s = len(start)
+    k = 30
+    size = rng.integers(50_000, 3_000_000, s)
+    fields: dict[str, Values] = {
+        "http.request.method": "POST", "http.request.version": "HTTP/1.1", "http.referer": "127.0.0.1",
+        "http.content_length": size.astype(np.int64),
+        "http.request.full_uri": f"http://{net.broker}/DVWA/vulnerabilities/upload/",
+    }
+    hlen = rng.integers(650, 820, s)
+    steps = [*handshake(), Step(True, PSH | ACK, hlen, pool.take(hlen), fields)]
+    nseg = rng.integers(10, k + 1, s)
+    for j in range(k):
+        sent = nseg > j
+        steps.append(Step(True, ACK, 1448, pool.take(np.full(s, 1448)), mask=sent, gap=0.0003))
+        steps.append(Step(False, ACK, mask=sent & (j % 2 == 1), gap=0.0001))
+    steps.append(Step(False, PSH | ACK, 1448, pool.take(np.full(s, 1448)),
+                      {"http.response": "1", "http.content_length": rng.integers(4500, 5200, s),
+                       "http.request.version": "HTTP/1.1"}, gap=0.01))
+    steps.append(Step(True, FIN | ACK, gap=0.01))
+    steps.append(Step(False, FIN | ACK))
+    return conversation(rng, start, steps, client_ip=_attacker(rng, net, s), server_ip=net.broker,
+                        client_port=rng.integers(32768, 61000, s), server_port=80, kind="Uploading")
+
+
+def vulnerability_scanner(
+    rng: np.random.Generator, start: np.ndarray, net: Network, pool: PayloadPool
+) -> Rows:
+    """Nikto/OpenVAS-style probing: unusual methods, HTTP/1.0, many 404 pages."""
+    s = len(start)
+    methods = np.array(["GET", "HEAD", "OPTIONS", "PROPFIND", "TRACE", "POST", "PUT", "DELETE"], dtype=object)
+    method = rng.choice(methods, s, p=[0.45, 0.15, 0.1, 0.06, 0.06, 0.1, 0.04, 0.04])
+    paths = np.array(["/cgi-bin/test.cgi", "/admin/", "/.git/HEAD", "/phpmyadmin/", "/wp-login.php",
+                      "/server-status", "/../../etc/passwd", "/backup.zip"], dtype=object)
+    return http_exchange(
+        rng, start, client_ip=_attacker(rng, net, s), server_ip=net.broker, method=method,
+        version=np.where(rng.random(s) < 0.6, "HTTP/1.1", "HTTP/1.0").astype(object),
+        referer="", req_len=rng.integers(110, 330, s), content_length=None,
+        resp_len=rng.integers(280, 560, s), resp_content_length=rng.integers(196, 320, s),
+        uri=rng.choice(paths, s), pool=pool, kind="Vulnerability_scanner", close_rst=0.5,
+    )
+
+
+# ------------------------------------------------------------------ close to normal (hard)
+
+
+def backdoor(rng: np.random.Generator, start: np.ndarray, net: Network, pool: PayloadPool) -> Rows:
+    """A reverse shell from a compromised sensor: small interactive PSH/ACK segments and ACKs."""
+    s = len(start)
+    k = 14
+    steps = [*handshake()]
+    nmsg = rng.integers(4, k + 1, s)
+    for j in range(k):
+        sent = nmsg > j
+        cmd = rng.integers(4, 60, s)
+        out = np.clip(rng.lognormal(4.5, 1.0, s), 20, 1448).astype(np.int64)
+        steps.append(Step(False, PSH | ACK, cmd, pool.take(cmd), mask=sent, gap=0.4))
+        steps.append(Step(True, ACK, mask=sent & (rng.random(s) < 0.6), gap=0.0003))
+        steps.append(Step(True, PSH | ACK, out, pool.take(out), mask=sent, gap=0.01))
+        steps.append(Step(False, ACK, mask=sent & (rng.random(s) < 0.7), gap=0.0003))
+    steps += [Step(True, FIN | ACK, gap=0.1), Step(False, FIN | ACK), Step(True, ACK)]
+    return conversation(rng, start, steps, client_ip=rng.choice(np.array(net.sensors, dtype=object), s),
+                        server_ip=_attacker(rng, net, s), client_port=rng.integers(32768, 61000, s),
+                        server_port=rng.choice([4444, 8883, 443], s), kind="Backdoor")
+
+
+def password(rng: np.random.Generator, start: np.ndarray, net: Network, pool: PayloadPool) -> Rows:
+    """MQTT credential brute force: authenticated CONNECTs refused by the broker (return code 5)."""
+    s = len(start)
+    conn_len, conn_fields, conn_payload = mqtt_connect(
+        rng, s, client_id_len=int(rng.choice([0, 6, 8, 12])), auth=True,
+        user_len=rng.integers(4, 12, s), pass_len=rng.integers(6, 17, s),
+    )
+    steps = [
+        *handshake(),
+        Step(True, PSH | ACK, conn_len, conn_payload, conn_fields, gap=0.002),
+        Step(False, ACK, mask=rng.random(s) < 0.5, gap=0.0002),
+        Step(False, PSH | ACK, 4, "20020005", CONNACK_FIELDS, gap=0.0005),
+        Step(False, FIN | ACK, gap=0.0003),
+        Step(True, ACK, gap=0.0005),
+        Step(True, FIN | ACK, gap=0.0003),
+        Step(False, ACK, gap=0.0002),
+    ]
+    return conversation(rng, start, steps, client_ip=_attacker(rng, net, s), server_ip=net.broker,
+                        client_port=rng.integers(32768, 61000, s), server_port=1883, kind="Password")
+
+
+def ransomware(rng: np.random.Generator, start: np.ndarray, net: Network, pool: PayloadPool) -> Rows:
+    """Exfiltration of encrypted files before/while encrypting: bulk encrypted segments to a peer."""
+    return tls_streams(rng, start, net, pool, kind="Ransomware", bulk=0.7, segments=20,
+                       port=int(rng.choice([443, 445, 8883])), server_ip=net.attackers[0])
+
+
+def port_scanning(rng: np.random.Generator, start: np.ndarray, net: Network, pool: PayloadPool) -> Rows:
+    """Slow half-open SYN scan: SYN, then RST-ACK (closed) or SYN-ACK + RST (open)."""
+    s = len(start)
+    open_ = rng.random(s) < 0.1
+    steps = [
+        Step(True, SYN, options="020405b4"),
+        Step(False, RST | ACK, mask=~open_, gap=0.0003),
+        Step(False, SYN | ACK, mask=open_, options="020405b40101040201030307", gap=0.0003),
+        Step(True, RST, mask=open_, gap=0.0002),
+    ]
+    target = rng.choice(np.array([net.broker, net.plc, *net.sensors], dtype=object), s)
+    return conversation(rng, start, steps, client_ip=_attacker(rng, net, s), server_ip=target,
+                        client_port=int(rng.integers(40000, 65000)), server_port=rng.integers(1, 10000, s),
+                        kind="Port_Scanning")
+
+
+def fingerprinting(rng: np.random.Generator, t: np.ndarray, net: Network, pool: PayloadPool) -> Rows:
+    """nmap -O probes and replies: most are ordinary SYN/SYN-ACK/RST/ICMP packets, a few odd flag sets."""
+    n = len(t)
+    probe = rng.choice(9, n, p=[0.3, 0.18, 0.14, 0.08, 0.06, 0.06, 0.06, 0.06, 0.06])
+    flags = np.array([SYN, SYN | ACK, RST, ACK, SYN | ECE | CWR, 0, SYN | FIN | PSH | URG,
+                      FIN | PSH | URG, 0])[probe]
+    tcp = probe < 8
+    icmp = probe == 8
+    has_ack = (flags & ACK) > 0
+    rows = Rows(t, "Fingerprinting")
+    rows.set(
+        ip__src_host=_attacker(rng, net, n), ip__dst_host=net.broker,
+        tcp__flags=np.where(tcp, hexs(flags), "").astype(object),
+        tcp__srcport=np.where(tcp, rng.integers(40000, 65000, n), 0),
+        tcp__dstport=np.where(tcp, rng.choice([1883, 22, 80, 31337], n), 0),
+        tcp__connection__syn=(((flags & SYN) > 0) & ~has_ack).astype(int),
+        tcp__connection__synack=(((flags & SYN) > 0) & has_ack).astype(int),
+        tcp__connection__rst=((flags & RST) > 0).astype(int),
+        tcp__connection__fin=((flags & FIN) > 0).astype(int),
+        tcp__flags__ack=has_ack.astype(int), tcp__seq=0,
+        tcp__ack=np.where(has_ack, 1, 0), tcp__ack_raw=np.where(has_ack, rng.integers(1, 2**32, n), 0),
+        tcp__checksum=np.where(tcp, hexs(rng.integers(0, 65536, n)), "").astype(object),
+        tcp__options=np.where((flags & SYN) > 0, "03030a0102040578040205b4080affffffff000000000402", ""
+                              ).astype(object),
+        icmp__checksum=np.where(icmp, rng.integers(0, 65536, n), 0),
+        icmp__seq_le=np.where(icmp, byteswap16(rng.choice([295, 296], n)), 0),
+    )
+    return rows
+
+
+def mitm(rng: np.random.Generator, t: np.ndarray, net: Network, pool: PayloadPool) -> Rows:
+    """ARP spoofing (unsolicited replies naming the attacker's MAC) plus spoofed DNS answers."""
+    n = len(t)
+    arp = rng.random(n) < 0.85
+    hosts = np.array([net.broker, net.router, *net.sensors], dtype=object)
+    arp_rows = Rows(t[arp], "MITM").set(
+        arp__opcode=np.where(rng.random(int(arp.sum())) < 0.9, 2, 1), arp__hw__size=6,
+        arp__src__proto_ipv4=rng.choice(hosts, int(arp.sum())),
+        arp__dst__proto_ipv4=rng.choice(hosts, int(arp.sum())),
+    )
+    dns = dns_rows(rng, t[~arp], net, stream0=int(rng.integers(0, 50)), kind="MITM")
+    return Rows.concat([arp_rows, dns], "MITM")
+
+
+@dataclass(frozen=True)
+class Family:
+    make: Maker
+    rows_per_unit: float  # mean rows one unit produces
+    unit_gap: float  # mean seconds between units
+    hard: bool
+
+
+FAMILIES: dict[str, Family] = {
+    "DDoS_UDP": Family(ddos_udp, 1, 2e-5, False),
+    "DDoS_ICMP": Family(ddos_icmp, 1, 2e-5, False),
+    "DDoS_TCP": Family(ddos_tcp, 1, 2e-5, False),
+    "DDoS_HTTP": Family(ddos_http, 50, 0.002, False),
+    "SQL_injection": Family(sql_injection, 8.6, 0.3, False),
+    "XSS": Family(xss, 8.6, 0.3, False),
+    "Uploading": Family(uploading, 48, 0.5, False),
+    "Backdoor": Family(backdoor, 27, 2.0, True),
+    "Password": Family(password, 10.5, 0.2, True),
+    "Ransomware": Family(ransomware, 22, 1.0, True),
+    "Port_Scanning": Family(port_scanning, 2.1, 1.0, True),
+    "Vulnerability_scanner": Family(vulnerability_scanner, 8.6, 0.05, False),
+    "Fingerprinting": Family(fingerprinting, 1, 0.05, True),
+    "MITM": Family(mitm, 1, 0.5, True),
+}

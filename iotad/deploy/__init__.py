@@ -1,0 +1,41 @@
+"""Deployment engine tooling: certificates, Flower 1.39 processes, a local TLS federation.
+
+No ML here; the apps are ``iotad.server_app`` / ``iotad.client_app``.
+"""
+
+from iotad.deploy.certs import CertError, CertPaths, generate_certs
+from iotad.deploy.federation import LocalFederation, run_local_federation
+from iotad.deploy.processes import (
+    STATUS_COMPLETED,
+    STATUS_FAILED,
+    STATUS_LOST,
+    STATUS_REJECTED,
+    STATUS_STOPPED,
+    STATUS_TIMEOUT,
+    DeployError,
+    ManagedProcess,
+    ProcessRegistry,
+    RunHandle,
+    RunResult,
+    free_port,
+)
+
+__all__ = [
+    "STATUS_COMPLETED",
+    "STATUS_FAILED",
+    "STATUS_LOST",
+    "STATUS_REJECTED",
+    "STATUS_STOPPED",
+    "STATUS_TIMEOUT",
+    "CertError",
+    "CertPaths",
+    "DeployError",
+    "LocalFederation",
+    "ManagedProcess",
+    "ProcessRegistry",
+    "RunHandle",
+    "RunResult",
+    "free_port",
+    "generate_certs",
+    "run_local_federation",
+]

@@ -1,0 +1,262 @@
+"""Server-side federation: Flower strategies plus the federated scaler and threshold.
+
+A Flower strategy (FedAvg, FedProx, FedMedian, FedTrimmedAvg or Krum from
+``flwr.serverapp.strategy``) samples nodes and aggregates weights. Around it,
+:class:`FederatedTraining` adds what an anomaly detector needs and a plain
+strategy does not: a scaling phase before round 1, a calibration phase after each
+aggregation (merged error histograms -> global threshold), an evaluation phase on
+merged histograms and confusion counts, screening of poisoned updates, and a
+checkpoint per round from which a lost run resumes.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg, FedMedian, FedProx, FedTrimmedAvg, Krum
+
+from iotad.checkpoint import Checkpoint, CheckpointStore, RoundRecord
+from iotad.evaluation import ClassHistograms, metrics_from_histograms
+from iotad.preprocessing import Scaler
+from iotad.records import (
+    config_float,
+    confusion_from_metrics,
+    histograms_from_metrics,
+    scaler_to_config,
+    stats_from_metrics,
+)
+from iotad.threshold import threshold_from_histogram
+
+log = logging.getLogger(__name__)
+
+STRATEGIES = ("fedavg", "fedprox", "fedmedian", "fedtrimmedavg", "krum")
+
+
+@dataclass(frozen=True)
+class FederationConfig:
+    """The run config (``[tool.flwr.app.config]``, kebab-case keys) the ServerApp uses."""
+
+    num_rounds: int = 3
+    strategy: str = "fedavg"
+    fraction_train: float = 1.0
+    fraction_evaluate: float = 1.0
+    min_nodes: int = 2
+    local_epochs: int = 2
+    batch_size: int = 1024
+    learning_rate: float = 1e-3
+    proximal_mu: float = 0.01
+    trim_beta: float = 0.2
+    krum_malicious: int = 0
+    quantile: float = 0.99
+    split_seed: int = 0
+    model_seed: int = 0
+    data_dir: str = ""
+    checkpoint_dir: str = "runs/federated"
+    resume: bool = True
+    round_timeout: float = 900.0
+
+    @classmethod
+    def from_run_config(cls, run_config: dict[str, Any]) -> FederationConfig:
+        known = {f.replace("_", "-"): f for f in cls.__dataclass_fields__}
+        known["num-server-rounds"] = "num_rounds"
+        kwargs: dict[str, Any] = {}
+        for key, value in run_config.items():
+            if key in known:
+                name = known[key]
+                kwargs[name] = type(getattr(cls, name))(value)
+        cfg = cls(**kwargs)
+        if cfg.strategy not in STRATEGIES:
+            raise ValueError(f"unknown strategy {cfg.strategy!r}; choose one of {', '.join(STRATEGIES)}")
+        return cfg
+
+
+def make_strategy(cfg: FederationConfig) -> FedAvg:
+    """The Flower strategy named by the run config."""
+    common: dict[str, Any] = {
+        "fraction_train": cfg.fraction_train,
+        "fraction_evaluate": cfg.fraction_evaluate,
+        "min_train_nodes": cfg.min_nodes,
+        "min_evaluate_nodes": cfg.min_nodes,
+        "min_available_nodes": cfg.min_nodes,
+    }
+    if cfg.strategy == "fedprox":
+        return FedProx(**common, proximal_mu=cfg.proximal_mu)
+    if cfg.strategy == "fedmedian":
+        return FedMedian(**common)
+    if cfg.strategy == "fedtrimmedavg":
+        return FedTrimmedAvg(**common, beta=cfg.trim_beta)
+    if cfg.strategy == "krum":
+        return Krum(**common, num_malicious_nodes=cfg.krum_malicious)
+    return FedAvg(**common)
+
+
+def screen_updates(replies: Iterable[Message], reference: Sequence[np.ndarray]) -> tuple[list[Message], Counter[str]]:
+    """Drop train replies that failed or carry unusable weights; count each reason."""
+    valid: list[Message] = []
+    rejected: Counter[str] = Counter()
+    for reply in replies:
+        if reply.has_error():
+            rejected["error"] += 1
+            continue
+        records = list(reply.content.array_records.values())
+        if len(records) != 1 or "num-examples" not in next(iter(reply.content.metric_records.values()), {}):
+            rejected["malformed"] += 1
+            continue
+        arrays = records[0].to_numpy_ndarrays()
+        if len(arrays) != len(reference) or any(a.shape != r.shape for a, r in zip(arrays, reference, strict=True)):
+            rejected["shape"] += 1
+        elif not all(np.isfinite(a).all() for a in arrays):
+            rejected["non_finite"] += 1
+        else:
+            valid.append(reply)
+    return valid, rejected
+
+
+class FederatedTraining:
+    """Runs the phases of a federated detector around a Flower strategy."""
+
+    def __init__(
+        self,
+        grid: Grid,
+        cfg: FederationConfig,
+        store: CheckpointStore,
+        *,
+        initial_weights: Callable[[], list[np.ndarray]],
+        on_round: Callable[[RoundRecord], None] | None = None,
+    ) -> None:
+        self.grid = grid
+        self.cfg = cfg
+        self.store = store
+        self.strategy = make_strategy(cfg)
+        self.initial_weights = initial_weights
+        self.on_round = on_round
+
+    # -- messaging -------------------------------------------------------------------
+    def _config(self, scaler: Scaler, server_round: int, **extra: Any) -> ConfigRecord:
+        config = ConfigRecord(
+            {
+                "server-round": server_round,
+                "local-epochs": self.cfg.local_epochs,
+                "batch-size": self.cfg.batch_size,
+                "learning-rate": self.cfg.learning_rate,
+                "quantile": self.cfg.quantile,
+                "split-seed": self.cfg.split_seed,
+                **extra,
+            }
+        )
+        if self.cfg.data_dir:
+            config["data-dir"] = self.cfg.data_dir
+        scaler_to_config(scaler, config)
+        return config
+
+    def _query_all(self, action: str, content: RecordDict, node_ids: Iterable[int]) -> list[Message]:
+        messages = [Message(content=content, dst_node_id=n, message_type=f"query.{action}") for n in node_ids]
+        replies = self.grid.send_and_receive(messages, timeout=self.cfg.round_timeout)
+        return [r for r in replies if not r.has_error()]
+
+    def _wait_for_nodes(self) -> list[int]:
+        while len(nodes := list(self.grid.get_node_ids())) < self.cfg.min_nodes:
+            log.info("waiting for devices: %d of %d connected", len(nodes), self.cfg.min_nodes)
+            time.sleep(1.0)
+        return nodes
+
+    # -- phases ----------------------------------------------------------------------
+    def federated_scaler(self) -> Scaler:
+        """Phase 0: merge every device's feature statistics into the global scaler."""
+        nodes = self._wait_for_nodes()
+        config = ConfigRecord({"split-seed": self.cfg.split_seed})
+        if self.cfg.data_dir:
+            config["data-dir"] = self.cfg.data_dir
+        replies = self._query_all("feature_stats", RecordDict({"config": config}), nodes)
+        if len(replies) < self.cfg.min_nodes:
+            raise RuntimeError(f"only {len(replies)} devices sent feature statistics; need {self.cfg.min_nodes}")
+        parts = [stats_from_metrics(next(iter(r.content.metric_records.values()))) for r in replies]
+        merged = parts[0]
+        for part in parts[1:]:
+            merged = merged.merge(part)
+        return Scaler.from_stats(merged)
+
+    def calibrate(self, arrays: ArrayRecord, scaler: Scaler, server_round: int) -> tuple[float, int]:
+        """Merge the devices' calibration histograms; the threshold is their quantile."""
+        nodes = self._wait_for_nodes()
+        content = RecordDict({"arrays": arrays, "config": self._config(scaler, server_round)})
+        replies = self._query_all("calibrate", content, nodes)
+        hists = [np.asarray(next(iter(r.content.metric_records.values()))["hist.calibration"]) for r in replies]
+        if not hists:
+            raise RuntimeError("no device returned a calibration histogram")
+        return threshold_from_histogram(np.sum(hists, axis=0), self.cfg.quantile), len(replies)
+
+    def evaluate(
+        self, arrays: ArrayRecord, scaler: Scaler, threshold: float, server_round: int
+    ) -> tuple[dict[str, Any], ClassHistograms]:
+        """Global metrics from merged per-class histograms; devices also keep the bundle."""
+        config = self._config(scaler, server_round, threshold=threshold)
+        messages = self.strategy.configure_evaluate(server_round, arrays, config, self.grid)
+        replies = [
+            r for r in self.grid.send_and_receive(messages, timeout=self.cfg.round_timeout) if not r.has_error()
+        ]
+        merged = ClassHistograms({})
+        tp = fp = tn = fn = 0
+        for reply in replies:
+            m = next(iter(reply.content.metric_records.values()))
+            merged = merged.merge(histograms_from_metrics(m))
+            c = confusion_from_metrics(m)
+            tp, fp, tn, fn = tp + c.tp, fp + c.fp, tn + c.tn, fn + c.fn
+        metrics = metrics_from_histograms(merged, threshold)
+        # The devices' own counts at the same threshold must agree with the merged histograms.
+        metrics["device_confusion"] = {"tp": tp, "fp": fp, "tn": tn, "fn": fn}
+        metrics["devices_evaluated"] = len(replies)
+        return metrics, merged
+
+    # -- the run ---------------------------------------------------------------------
+    def run(self) -> list[RoundRecord]:
+        latest = self.store.latest() if self.cfg.resume else None
+        if latest is not None:
+            log.info("resuming from the round %d checkpoint", latest.round)
+            weights, scaler, start, history = latest.weights, latest.scaler, latest.round, self.store.history()
+        else:
+            scaler = self.federated_scaler()
+            weights, start, history = self.initial_weights(), 0, []
+        arrays = ArrayRecord.from_numpy_ndarrays(weights)
+
+        for server_round in range(start + 1, self.cfg.num_rounds + 1):
+            t0 = time.monotonic()
+            config = self._config(scaler, server_round)
+            messages = list(self.strategy.configure_train(server_round, arrays, config, self.grid))
+            replies = list(self.grid.send_and_receive(messages, timeout=self.cfg.round_timeout))
+            valid, rejected = screen_updates(replies, arrays.to_numpy_ndarrays())
+            aggregated, train_metrics = self.strategy.aggregate_train(server_round, valid)
+            if aggregated is None:
+                raise RuntimeError(f"round {server_round}: no usable update (rejected: {dict(rejected)})")
+            arrays = aggregated
+            threshold, _ = self.calibrate(arrays, scaler, server_round)
+            metrics, histograms = self.evaluate(arrays, scaler, threshold, server_round)
+            record = RoundRecord(
+                round=server_round,
+                train_loss=config_float(train_metrics, "train-loss") if train_metrics else None,
+                devices_participating=len(valid),
+                devices_failed=len(messages) - len(valid),
+                rejected_updates=dict(rejected),
+                threshold=threshold,
+                metrics=metrics,
+                duration_seconds=time.monotonic() - t0,
+                model_bytes=int(arrays.count_bytes()),
+            )
+            history.append(record)
+            self.store.save(
+                Checkpoint(server_round, arrays.to_numpy_ndarrays(), scaler, threshold, self.cfg.quantile),
+                history,
+                histograms,
+            )
+            if self.on_round is not None:
+                self.on_round(record)
+        return history
+

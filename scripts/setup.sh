@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# One-time setup on a fresh Debian 12 / Python 3.11 machine: a venv in .venv with iotad and its pinned
+# dependencies (CPU-only torch), the dev tools, and promtool for the monitoring checks.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3.11}
+command -v "$PYTHON" >/dev/null || PYTHON=python3
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+# torch first and pinned: an unpinned resolve would pull a multi-GB CUDA build.
+.venv/bin/pip install -q --disable-pip-version-check "torch==2.13.0"
+.venv/bin/pip install -q --disable-pip-version-check -e ".[simulation,report,dev]"
+
+if ! command -v promtool >/dev/null; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  # policy-rc.d keeps the packaged Prometheus service from starting: tests start their own.
+  printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+  apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  rm -f /usr/sbin/policy-rc.d
+fi
+echo "setup done: . .venv/bin/activate"
