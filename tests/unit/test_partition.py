@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
 from pathlib import Path
 
@@ -20,7 +19,6 @@ try:
 except ImportError:  # pragma: no cover - the loader ships with the package
     SchemaError = ValueError  # type: ignore[misc,assignment]
 
-REAL_DATA = Path(__file__).parents[3] / "shared" / "data" / "edge-iiotset-real"
 HEADER = ",".join(schema.RAW_COLUMNS)
 
 
@@ -117,12 +115,8 @@ def test_bad_inputs_raise_schema_errors(source: list[Path], tmp_path: Path) -> N
         partition_csvs(source, 2, tmp_path / "o5", alpha=0.0)
 
 
-def test_real_files(tmp_path: Path) -> None:
-    files = sorted(REAL_DATA.glob("*.csv"))
-    if not files:
-        if os.environ.get("IOTAD_NO_REAL_DATA") == "1":
-            pytest.skip("real Edge-IIoTset rows not available (IOTAD_NO_REAL_DATA=1)")
-        pytest.fail(f"no real Edge-IIoTset CSVs in {REAL_DATA} (set IOTAD_NO_REAL_DATA=1 to skip)")
+def test_real_files(tmp_path: Path, real: Path) -> None:
+    files = sorted(real.glob("*.csv"))
     out = partition_csvs(files, 3, tmp_path, alpha=0.5, seed=0, chunk_rows=997)
     assert _body(out) == _body(files)
     marker = json.loads((tmp_path / "dataset.json").read_text())
