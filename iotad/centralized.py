@@ -47,7 +47,7 @@ def run_centralized(
     data: Path | None = None,
     train_csv: list[Path] | None = None,
     eval_csv: list[Path] | None = None,
-    epochs: int = 10,
+    epochs: int = 20,
     quantile: float = 0.99,
     seed: int = 0,
 ) -> dict[str, Any]:

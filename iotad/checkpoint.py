@@ -25,7 +25,7 @@ import numpy as np
 from iotad.data.schema import FEATURE_NAMES
 from iotad.detector import Detector, detector_from_weights
 from iotad.evaluation import ClassHistograms
-from iotad.preprocessing import Scaler
+from iotad.preprocessing import ResidualScale, Scaler
 
 
 @dataclass
@@ -51,6 +51,7 @@ class Checkpoint:
     scaler: Scaler
     threshold: float
     quantile: float
+    residual: ResidualScale | None = None
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
@@ -70,7 +71,7 @@ class CheckpointStore:
         self.root.mkdir(parents=True, exist_ok=True)
         bundle = detector_from_weights(
             ckpt.weights, ckpt.scaler, ckpt.threshold, quantile=ckpt.quantile, round=ckpt.round,
-            feature_names=FEATURE_NAMES, metadata={"source": "federated"},
+            feature_names=FEATURE_NAMES, metadata={"source": "federated"}, residual_scale=ckpt.residual,
         ).save(self.bundle_dir(ckpt.round))
         write_json_atomic(self.root / "eval_histograms.json", histograms.to_dict())
         write_json_atomic(self.root / "history.json", [asdict(r) for r in history])
@@ -86,7 +87,9 @@ class CheckpointStore:
         assert det.scaler is not None and det.threshold is not None
         from iotad.train import get_weights
 
-        return Checkpoint(server_round, get_weights(det.model), det.scaler, det.threshold, det.quantile)
+        return Checkpoint(
+            server_round, get_weights(det.model), det.scaler, det.threshold, det.quantile, det.residual_scale
+        )
 
     def histograms(self) -> ClassHistograms:
         return ClassHistograms.from_dict(json.loads((self.root / "eval_histograms.json").read_text()))

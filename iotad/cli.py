@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -81,7 +82,69 @@ def _compare(a: argparse.Namespace) -> None:
 def _local_federation(a: argparse.Namespace) -> None:
     from iotad.deploy.federation import run_local_federation
 
-    run_local_federation(a.workdir, devices=a.devices, rounds=a.rounds, rows_per_device=a.rows_per_device)
+    run_local_federation(
+        a.workdir, devices=a.devices, rounds=a.rounds, rows_per_device=a.rows_per_device,
+        keep_running=a.keep_running, resume=a.resume, local_epochs=a.local_epochs, rate=a.rate, seed=a.seed,
+    )
+
+
+def _agent(a: argparse.Namespace) -> None:
+    from iotad.agent import AgentOptions, run_agent
+
+    if not a.device:
+        raise UsageError("--device (or $IOTAD_DEVICE) is required")
+    if not a.model_dir:
+        raise UsageError("--model-dir (or $IOTAD_MODEL_DIR) is required")
+    code = run_agent(AgentOptions(
+        device=a.device, model_dir=Path(a.model_dir), replay=a.replay, tail=a.tail,
+        metrics_dir=a.metrics_dir, metrics_port=a.metrics_port, metrics_host=a.metrics_host, rate=a.rate,
+        batch_size=a.batch_size, only_attacks=a.only_attacks, burst_rows=a.burst_rows,
+        burst_every=a.burst_every, from_start=a.from_start, poll_interval=a.poll, threads=a.threads,
+    ))
+    if code:
+        sys.exit(code)
+
+
+def _aggregator(a: argparse.Namespace) -> None:
+    from iotad.aggregator import run_aggregator
+
+    run_config = {}
+    if a.run_config:
+        from flwr.common.config import parse_config_args
+
+        run_config = dict(parse_config_args([a.run_config]))
+    code = run_aggregator(
+        state_dir=a.state_dir, certs_dir=a.certs_dir, keys_dir=a.keys_dir, rounds=a.rounds,
+        min_nodes=a.min_nodes, app_dir=a.app_dir, fleet_address=a.fleet_address, control_port=a.control_port,
+        metrics_port=a.metrics_port, metrics_host=a.metrics_host,
+        run_config={"local-epochs": a.local_epochs, **run_config}, join_timeout=a.join_timeout,
+        run_timeout=a.run_timeout or None, max_attempts=a.max_attempts, exit_after_training=a.exit_after_training,
+    )
+    if code:
+        sys.exit(code)
+
+
+def _device(a: argparse.Namespace) -> None:
+    import shlex
+
+    from iotad.edge import DeviceOptions, run_device
+
+    agent_args = shlex.split(a.agent_args or "")
+    if a.tail:
+        agent_args += ["--tail", str(a.tail)]
+    agent_args += ["--rate", str(a.rate)]
+    code = run_device(DeviceOptions(
+        state_dir=a.state_dir, device_name=a.device_name, superlink=a.superlink,
+        root_certificates=a.root_certificates, private_key=a.private_key, data_path=a.data_path,
+        supernode_host=a.supernode_host, supernode_port=a.supernode_port, metrics_host=a.metrics_host,
+        metrics_port=a.metrics_port, max_retries=a.max_retries, log_dir=a.log_dir, agent_args=agent_args,
+    ))
+    if code:
+        sys.exit(code)
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    return os.environ.get(name) or default
 
 
 class UsageError(Exception):
@@ -118,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data", type=Path, help="per-device folders (from synth or partition)")
     s.add_argument("--train-csv", type=Path, nargs="+", help="CSV(s) whose normal rows train the model")
     s.add_argument("--eval-csv", type=Path, nargs="+", help="labelled CSV(s) to evaluate on")
-    s.add_argument("--epochs", type=int, default=10)
+    s.add_argument("--epochs", type=int, default=20, help="the same budget as 5 rounds x 4 local epochs")
     s.add_argument("--quantile", type=float, default=0.99)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", type=Path, required=True)
@@ -130,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--devices", type=int, default=None, help="default: every device folder in --data")
     s.add_argument("--strategy", default="fedavg")
     s.add_argument("--fraction", type=float, default=1.0, help="fraction of devices sampled per round")
-    s.add_argument("--local-epochs", type=int, default=2)
+    s.add_argument("--local-epochs", type=int, default=4)
     s.add_argument("--quantile", type=float, default=0.99)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", type=Path, required=True)
@@ -158,7 +221,69 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--rounds", type=int, default=3)
     s.add_argument("--rows-per-device", type=int, default=4000)
     s.add_argument("--workdir", type=Path, required=True)
+    s.add_argument("--keep-running", action="store_true", help="keep detecting and serving metrics after training")
+    s.add_argument("--resume", action="store_true", help="keep checkpoints and SuperLink state of a previous run")
+    s.add_argument("--local-epochs", type=int, default=1)
+    s.add_argument("--rate", type=float, default=100.0, help="rows/s each agent replays")
+    s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=_local_federation)
+
+    s = sub.add_parser("agent", help="device agent: /metrics, hot-reloaded global model, continuous scoring")
+    s.add_argument("--device", default=_env("IOTAD_DEVICE"), help="device label (default $IOTAD_DEVICE)")
+    s.add_argument("--model-dir", default=_env("IOTAD_MODEL_DIR"), help="global bundle dir ($IOTAD_MODEL_DIR)")
+    src = s.add_mutually_exclusive_group(required=True)
+    src.add_argument("--replay", type=Path, help="labelled traffic CSV (or device folder) to replay, looping")
+    src.add_argument("--tail", type=Path, help="CSV another process appends to (followed like tail -F)")
+    s.add_argument("--metrics-dir", type=Path, default=None,
+                   help="PROMETHEUS_MULTIPROC_DIR shared with the ClientApps (default: the variable)")
+    s.add_argument("--metrics-port", type=int, default=9401)
+    s.add_argument("--metrics-host", default="127.0.0.1")
+    s.add_argument("--rate", type=float, default=100.0, help="replay rows/s (0: as fast as possible)")
+    s.add_argument("--batch-size", type=int, default=256)
+    s.add_argument("--only-attacks", action="store_true", help="replay only attack rows")
+    s.add_argument("--burst-rows", type=int, default=0, help="attack rows per burst (also on SIGUSR1)")
+    s.add_argument("--burst-every", type=float, default=0.0, help="seconds between bursts (0: only on SIGUSR1)")
+    s.add_argument("--from-start", action="store_true", help="tail: score the rows already in the file")
+    s.add_argument("--poll", type=float, default=1.0, help="seconds between model-bundle checks")
+    s.add_argument("--threads", type=int, default=1, help="torch threads for scoring")
+    s.set_defaults(func=_agent)
+
+    s = sub.add_parser("aggregator", help="aggregator: SuperLink (TLS, node auth), run supervision, /metrics")
+    s.add_argument("--state-dir", type=Path, default=Path(_env("IOTAD_STATE_DIR", "/var/lib/iotad") or ""))
+    s.add_argument("--certs-dir", type=Path, required=True, help="ca.crt, server.pem, server.key")
+    s.add_argument("--keys-dir", type=Path, required=True, help="device public keys: <name>/node_key.pub")
+    s.add_argument("--app-dir", type=Path, default=None, help="Flower app (pyproject.toml + iotad/)")
+    s.add_argument("--fleet-address", default="0.0.0.0:9092", help="Fleet API (gRPC + TLS) bind address")
+    s.add_argument("--control-port", type=int, default=9093, help="Control API port (always 127.0.0.1)")
+    s.add_argument("--metrics-port", type=int, default=9400)
+    s.add_argument("--metrics-host", default="0.0.0.0")
+    s.add_argument("--rounds", type=int, default=3)
+    s.add_argument("--min-nodes", type=int, default=2)
+    s.add_argument("--local-epochs", type=int, default=4)
+    s.add_argument("--run-config", default="", help='more run-config overrides: "key=value key2=\'s\'"')
+    s.add_argument("--join-timeout", type=float, default=600.0, help="seconds to wait for --min-nodes devices")
+    s.add_argument("--run-timeout", type=float, default=7200.0, help="seconds per run attempt (0: none)")
+    s.add_argument("--max-attempts", type=int, default=5)
+    s.add_argument("--exit-after-training", action="store_true")
+    s.set_defaults(func=_aggregator)
+
+    s = sub.add_parser("device", help="device: SuperNode + agent in one supervised group")
+    s.add_argument("--state-dir", type=Path, default=Path(_env("IOTAD_STATE_DIR", "/var/lib/iotad") or ""))
+    s.add_argument("--device-name", required=True)
+    s.add_argument("--superlink", required=True, help="aggregator Fleet API HOST:PORT")
+    s.add_argument("--root-certificates", type=Path, required=True, help="the federation CA (ca.crt)")
+    s.add_argument("--private-key", type=Path, required=True, help="this device's node_key (OpenSSH)")
+    s.add_argument("--data-path", type=Path, required=True, help="the device's traffic CSV")
+    s.add_argument("--supernode-host", default="127.0.0.1")
+    s.add_argument("--supernode-port", type=int, default=9094)
+    s.add_argument("--metrics-host", default="0.0.0.0")
+    s.add_argument("--metrics-port", type=int, default=9401)
+    s.add_argument("--max-retries", type=int, default=None, help="SuperNode connection retries (default: forever)")
+    s.add_argument("--log-dir", default=None, help="child logs (default STATE/logs; '-': stdout)")
+    s.add_argument("--tail", type=Path, default=None, help="score this live CSV instead of replaying --data-path")
+    s.add_argument("--rate", type=float, default=100.0, help="replay rows/s")
+    s.add_argument("--agent-args", default="", help="more `iotad agent` options, one string")
+    s.set_defaults(func=_device)
     return p
 
 

@@ -23,6 +23,8 @@ from iotad.records import (
     config_int,
     confusion_to_metrics,
     histograms_to_metrics,
+    residual_from_config,
+    residual_to_metrics,
     scaler_from_config,
     stats_to_metrics,
 )
@@ -79,10 +81,11 @@ def train(msg: Message, context: Context) -> Message:
     telemetry = _telemetry(context)
     config = msg.content.config_records["config"]
     splits = _splits(msg, context)
+    defaults = TrainConfig()
     cfg = TrainConfig(
-        epochs=config_int(config, "local-epochs", 2),
-        batch_size=config_int(config, "batch-size", 1024),
-        lr=config_float(config, "learning-rate", 1e-3),
+        epochs=config_int(config, "local-epochs", defaults.epochs),
+        batch_size=config_int(config, "batch-size", defaults.batch_size),
+        lr=config_float(config, "learning-rate", defaults.lr),
         proximal_mu=config_float(config, "proximal-mu", 0.0),
         seed=config_int(config, "server-round", 0) + int(context.node_id % 1000),
     )
@@ -101,12 +104,23 @@ def train(msg: Message, context: Context) -> Message:
     return _reply(msg, metrics, ArrayRecord.from_numpy_ndarrays(weights))
 
 
+@app.query("residual_stats")
+def residual_stats(msg: Message, context: Context) -> Message:
+    """Per-feature squared residuals of the global model on local normal training rows."""
+    config = msg.content.config_records["config"]
+    weights = msg.content.array_records["arrays"].to_numpy_ndarrays()
+    return _reply(msg, residual_to_metrics(
+        local_steps.residual_stats(_splits(msg, context), weights, scaler_from_config(config))
+    ))
+
+
 @app.query("calibrate")
 def calibrate(msg: Message, context: Context) -> Message:
-    """Histogram of the global model's errors on held-out normal rows."""
+    """Histogram of the global model's scores on held-out normal rows."""
     config = msg.content.config_records["config"]
     hist = local_steps.calibration_histogram(
-        _splits(msg, context), msg.content.array_records["arrays"].to_numpy_ndarrays(), scaler_from_config(config)
+        _splits(msg, context), msg.content.array_records["arrays"].to_numpy_ndarrays(),
+        scaler_from_config(config), residual_from_config(config),
     )
     return _reply(msg, MetricRecord({"num-examples": int(hist.sum()), "hist.calibration": [int(v) for v in hist]}))
 
@@ -120,7 +134,8 @@ def evaluate(msg: Message, context: Context) -> Message:
     weights = msg.content.array_records["arrays"].to_numpy_ndarrays()
     scaler = scaler_from_config(config)
     threshold = config_float(config, "threshold")
-    local = local_steps.evaluate(_splits(msg, context), weights, scaler, threshold)
+    residual = residual_from_config(config)
+    local = local_steps.evaluate(_splits(msg, context), weights, scaler, threshold, residual)
     metrics = MetricRecord({"num-examples": local.confusion.n_normal + local.confusion.n_attack})
     confusion_to_metrics(local.confusion, metrics)
     histograms_to_metrics(local.histograms, metrics)
@@ -129,7 +144,7 @@ def evaluate(msg: Message, context: Context) -> Message:
         # Hand the complete global bundle to the device agent, which hot-reloads it.
         local_steps.save_global_bundle(
             Path(str(model_dir)), weights, scaler, threshold, config_int(config, "server-round", 0),
-            quantile=config_float(config, "quantile", 0.99),
+            quantile=config_float(config, "quantile", 0.99), residual=residual,
         )
     telemetry.evaluated(seconds=time.monotonic() - t0)
     return _reply(msg, metrics)

@@ -1,13 +1,17 @@
 """Anomaly detector in the PyOD spirit, and its on-disk bundle.
 
-``fit`` learns the scaler, trains the autoencoder and sets the threshold from held-out normal traffic;
-``decision_function`` returns reconstruction errors (higher = more anomalous); ``predict`` compares them
-with the threshold, which is kept apart from scoring (a federated round replaces it without retraining).
+``fit`` learns the scaler, trains the autoencoder, measures the typical per-feature residual on the normal
+training rows (:class:`~iotad.preprocessing.ResidualScale`) and sets the threshold from held-out normal
+traffic; ``decision_function`` returns the mean squared z-score of the reconstruction residuals (each
+feature's squared residual divided by its mean on normal training rows; plain MSE for a bundle without a
+residual scale); higher = more anomalous. ``predict`` compares scores with the threshold, which is kept
+apart from scoring (a federated round replaces it without retraining).
 
 Bundle layout (a directory)::
 
-    bundle.json   format, version, n_features, feature_names, model hyper-params, scaler, threshold,
-                  quantile, round, metadata, and the weights file's sha256 and array names
+    bundle.json   format, version, n_features, feature_names, model hyper-params, scaler, residual_scale
+                  (optional: absent or null means plain MSE scores), threshold, quantile, round, metadata,
+                  and the weights file's sha256 and array names
     weights.npz   one array per state_dict entry (no pickle)
 
 :meth:`Detector.save` writes a temporary sibling directory and swaps it in with one rename (an atomic
@@ -34,13 +38,14 @@ from typing import Any
 import numpy as np
 
 from iotad.model import DEFAULT_DROPOUT, DEFAULT_HIDDEN, Autoencoder
-from iotad.preprocessing import FeatureStats, Scaler
+from iotad.preprocessing import FeatureStats, ResidualScale, Scaler
 from iotad.threshold import error_histogram, threshold_from_histogram
 from iotad.train import (
     TrainConfig,
     TrainResult,
     get_weights,
     reconstruction_errors,
+    residual_sumsq,
     set_weights,
     train_autoencoder,
 )
@@ -83,6 +88,7 @@ class Detector:
         self.feature_names: list[str] | None = list(feature_names) if feature_names is not None else None
         self.model = Autoencoder(n_features, hidden, dropout)
         self.scaler: Scaler | None = None
+        self.residual_scale: ResidualScale | None = None
         self.threshold: float | None = None
         self.quantile: float = DEFAULT_QUANTILE
         self.round: int = 0
@@ -99,15 +105,18 @@ class Detector:
         cfg: TrainConfig | None = None,
         quantile: float = DEFAULT_QUANTILE,
     ) -> Detector:
-        """Fit the scaler and the model on normal ``train_features``; threshold from the errors on
-        held-out normal ``calibration_features`` (quantile ``quantile``, so FPR on them <= 1 - quantile).
+        """Fit the scaler, the model and the residual scale on normal ``train_features``; threshold from the
+        scores of held-out normal ``calibration_features`` (quantile ``quantile``, so FPR on them <= 1 - quantile).
         """
         self._check_features(train_features)
         self._check_features(calibration_features)
         if len(calibration_features) == 0:
             raise ValueError("calibration needs at least one held-out normal row")
         self.scaler = Scaler.from_stats(FeatureStats.of(train_features))
-        self.train_result = train_autoencoder(self.model, self.scaler.transform(train_features), cfg or TrainConfig())
+        x = self.scaler.transform(train_features)
+        self.residual_scale = None
+        self.train_result = train_autoencoder(self.model, x, cfg or TrainConfig())
+        self.residual_scale = ResidualScale(count=len(x), sumsq=residual_sumsq(self.model, x))
         self.calibrate(calibration_features, quantile)
         return self
 
@@ -127,11 +136,16 @@ class Detector:
             raise ValueError(f"expected features of shape (rows, {self.n_features}), got {shape}")
 
     def decision_function(self, features: np.ndarray) -> np.ndarray:
-        """Anomaly scores (reconstruction MSE per row, float64); higher = more anomalous."""
+        """Anomaly scores per row (float64); higher = more anomalous.
+
+        The mean over features of ``residual_j ** 2 / residual_scale.variance[j]`` (~1 on average for normal
+        training rows), or the plain reconstruction MSE when the detector has no residual scale.
+        """
         if self.scaler is None:
             raise RuntimeError("detector has no scaler: fit or load it first")
         self._check_features(features)
-        return reconstruction_errors(self.model, self.scaler.transform(features))
+        weights = None if self.residual_scale is None else self.residual_scale.weights
+        return reconstruction_errors(self.model, self.scaler.transform(features), feature_weights=weights)
 
     def predict(self, features: np.ndarray) -> np.ndarray:
         """0/1 (int8) per row: 1 when the score is ``>= threshold``."""
@@ -155,6 +169,7 @@ class Detector:
             "feature_names": self.feature_names,
             "model": self.model.hyperparams(),
             "scaler": self.scaler.to_dict(),
+            "residual_scale": None if self.residual_scale is None else self.residual_scale.to_dict(),
             "threshold": self.threshold,
             "quantile": self.quantile,
             "round": int(self.round),
@@ -269,6 +284,14 @@ class Detector:
         det.scaler = Scaler.from_dict(meta["scaler"])
         if det.scaler.n_features != n:
             raise BundleError(f"{d}: scaler has {det.scaler.n_features} features, model {n}")
+        rs = meta.get("residual_scale")
+        if rs is not None:
+            try:
+                det.residual_scale = ResidualScale.from_dict(rs)
+            except (KeyError, TypeError, ValueError) as e:
+                raise BundleError(f"{d}: malformed residual_scale ({e})") from e
+            if det.residual_scale.n_features != n:
+                raise BundleError(f"{d}: residual scale has {det.residual_scale.n_features} features, model {n}")
         thr = meta.get("threshold")
         det.threshold = None if thr is None else float(thr)
         det.quantile = float(meta.get("quantile", DEFAULT_QUANTILE))
@@ -333,12 +356,17 @@ def detector_from_weights(
     hidden: Sequence[int] = DEFAULT_HIDDEN,
     dropout: float = DEFAULT_DROPOUT,
     metadata: dict[str, Any] | None = None,
+    residual_scale: ResidualScale | None = None,
 ) -> Detector:
-    """Assemble a detector from federated state (global weights, scaler, threshold), e.g. to save a bundle."""
+    """Assemble a detector from federated state (global weights, scaler, residual scale, threshold), e.g. to
+    save a bundle. Without ``residual_scale`` the detector scores plain reconstruction MSE."""
     det = Detector(scaler.n_features, hidden=hidden, dropout=dropout, feature_names=feature_names)
     set_weights(det.model, list(weights))
     det.model.eval()
     det.scaler = scaler
+    if residual_scale is not None and residual_scale.n_features != scaler.n_features:
+        raise ValueError(f"residual scale has {residual_scale.n_features} features, scaler {scaler.n_features}")
+    det.residual_scale = residual_scale
     det.threshold = None if threshold is None else float(threshold)
     det.quantile = float(quantile)
     det.round = int(round)

@@ -18,9 +18,17 @@ from iotad.data.splits import Splits
 from iotad.detector import detector_from_weights
 from iotad.evaluation import ClassHistograms, Confusion, confusion_from_errors
 from iotad.model import Autoencoder
-from iotad.preprocessing import FeatureStats, Scaler
+from iotad.preprocessing import FeatureStats, ResidualScale, Scaler
 from iotad.threshold import error_histogram
-from iotad.train import TrainConfig, TrainResult, get_weights, reconstruction_errors, set_weights, train_autoencoder
+from iotad.train import (
+    TrainConfig,
+    TrainResult,
+    get_weights,
+    reconstruction_errors,
+    residual_sumsq,
+    set_weights,
+    train_autoencoder,
+)
 
 
 def feature_stats(splits: Splits) -> FeatureStats:
@@ -44,10 +52,29 @@ def train(
     return get_weights(model), result
 
 
-def calibration_histogram(splits: Splits, weights: Sequence[np.ndarray], scaler: Scaler) -> np.ndarray:
-    """Histogram of the global model's errors on held-out normal rows (fixed bins)."""
-    model = _model(weights, splits.calibration.features.shape[1])
-    return error_histogram(reconstruction_errors(model, scaler.transform(splits.calibration.features)))
+def residual_stats(splits: Splits, weights: Sequence[np.ndarray], scaler: Scaler) -> ResidualScale:
+    """Per-feature sums of squared residuals of the global model on the device's normal training rows.
+
+    Send ``count`` (int) and ``sumsq`` (n_features floats); the server sums both over devices
+    (:meth:`ResidualScale.merge_all`) and scores with the merged scale's ``weights``.
+    """
+    model = _model(weights, splits.train.features.shape[1])
+    x = scaler.transform(splits.train.features)
+    return ResidualScale(count=len(x), sumsq=residual_sumsq(model, x))
+
+
+def _scores(weights: Sequence[np.ndarray], scaler: Scaler, residual: ResidualScale | None, x: np.ndarray) -> np.ndarray:
+    model = _model(weights, x.shape[1])
+    return reconstruction_errors(
+        model, scaler.transform(x), feature_weights=None if residual is None else residual.weights
+    )
+
+
+def calibration_histogram(
+    splits: Splits, weights: Sequence[np.ndarray], scaler: Scaler, residual: ResidualScale | None = None
+) -> np.ndarray:
+    """Histogram of the global model's scores on held-out normal rows (fixed bins)."""
+    return error_histogram(_scores(weights, scaler, residual, splits.calibration.features))
 
 
 @dataclass(frozen=True)
@@ -57,23 +84,26 @@ class LocalEvaluation:
 
 
 def evaluate(
-    splits: Splits, weights: Sequence[np.ndarray], scaler: Scaler, threshold: float
+    splits: Splits,
+    weights: Sequence[np.ndarray],
+    scaler: Scaler,
+    threshold: float,
+    residual: ResidualScale | None = None,
 ) -> LocalEvaluation:
     """Per-class score histograms and confusion counts of the global model at ``threshold``."""
     ev = splits.evaluation
-    model = _model(weights, ev.features.shape[1])
-    errors = reconstruction_errors(model, scaler.transform(ev.features))
+    errors = _scores(weights, scaler, residual, ev.features)
     types = np.where(ev.labels == 1, ev.attack_types, NORMAL)
     return LocalEvaluation(ClassHistograms.of(errors, types), confusion_from_errors(errors, ev.labels, threshold))
 
 
 def save_global_bundle(
     directory: Path, weights: Sequence[np.ndarray], scaler: Scaler, threshold: float, server_round: int,
-    *, quantile: float,
+    *, quantile: float, residual: ResidualScale | None = None,
 ) -> Path:
     """Write the global model the device just evaluated as the bundle its agent serves."""
     detector = detector_from_weights(
         weights, scaler, threshold, quantile=quantile, round=server_round, feature_names=FEATURE_NAMES,
-        metadata={"source": "federated"},
+        metadata={"source": "federated"}, residual_scale=residual,
     )
     return detector.save(directory)

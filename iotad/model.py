@@ -10,7 +10,9 @@ import torch
 from torch import nn
 
 DEFAULT_HIDDEN: tuple[int, ...] = (128, 64, 32, 16)
-DEFAULT_DROPOUT = 0.2
+# The seed used 0.2; measured on synthetic traffic it only slows convergence (higher loss and lower ROC-AUC at
+# equal epochs), and the bottleneck already regularises.
+DEFAULT_DROPOUT = 0.0
 
 
 class FastDropout(nn.Module):

@@ -5,6 +5,9 @@ Every feature goes through a signed ``log1p`` first (compresses the tails, keeps
 min-max map to [-1, 1] computed from statistics that devices can share without sharing rows: count, sum,
 sum of squares, min and max per feature. Merging the statistics of parts gives the statistics of the union,
 so a federated scaler equals the centralised one.
+
+:class:`ResidualScale` does the same for the anomaly score: per-feature sums of squared reconstruction
+residuals on normal rows (and a count), merged by summation, give the per-feature weights of the score.
 """
 
 from __future__ import annotations
@@ -207,3 +210,105 @@ class Scaler:
         if d.get("kind", "signed-log1p-minmax") != "signed-log1p-minmax":
             raise ValueError(f"unknown scaler kind {d.get('kind')!r}")
         return cls(np.array(d["low"], dtype=np.float64), np.array(d["high"], dtype=np.float64), float(d["clip"]))
+
+
+#: Smallest per-feature residual variance :class:`ResidualScale` divides by (scaled units squared, i.e. a
+#: residual std of ~0.03 on the [-1, 1] scale). A feature the model reconstructs (almost) perfectly on normal
+#: traffic, e.g. one that is constant there, would otherwise get an unbounded weight.
+RESIDUAL_VAR_FLOOR = 1e-3
+
+
+@dataclass
+class ResidualScale:
+    """Per-feature typical size of the reconstruction residuals on normal traffic (federatable).
+
+    A plain reconstruction MSE is dominated by the features the model cannot predict on normal traffic
+    (near-random fields, or features whose value depends on which of several normal sessions a packet
+    belongs to), and a deviation in a feature that is nearly deterministic on normal traffic drowns in that
+    noise. Dividing each squared residual by its mean on normal rows turns the score into a mean squared
+    z-score (a diagonal Mahalanobis distance on the residuals): noisy features are down-weighted, tight ones
+    up-weighted, and normal rows score ~1 on average.
+
+    The statistic is a per-feature sum of squared residuals plus a row count, so the parts computed by each
+    device merge by summation into exactly the statistic of the pooled rows (as :class:`FeatureStats`).
+
+    Parameters
+    ----------
+    count : int
+        Rows summarised.
+    sumsq : np.ndarray
+        float64 (n_features,): sum over rows of ``(reconstruction - input) ** 2`` in scaled units.
+    floor : float
+        Lower bound on the per-feature mean squared residual (see :data:`RESIDUAL_VAR_FLOOR`).
+    """
+
+    count: int
+    sumsq: np.ndarray
+    floor: float = RESIDUAL_VAR_FLOOR
+
+    @property
+    def n_features(self) -> int:
+        return int(self.sumsq.shape[0])
+
+    @classmethod
+    def empty(cls, n_features: int, floor: float = RESIDUAL_VAR_FLOOR) -> ResidualScale:
+        """Statistics of zero rows (the identity of :meth:`merge`)."""
+        return cls(count=0, sumsq=np.zeros(n_features), floor=floor)
+
+    @classmethod
+    def of(cls, residuals: np.ndarray, floor: float = RESIDUAL_VAR_FLOOR) -> ResidualScale:
+        """Summarise residuals ``reconstruction - scaled_input`` of shape (n, n_features)."""
+        r = _check_2d(residuals)
+        if r.shape[0] == 0:
+            return cls.empty(r.shape[1], floor)
+        r64 = np.asarray(r, dtype=np.float64)
+        if not np.isfinite(r64).all():
+            raise ValueError("residuals contain NaN or inf")
+        return cls(count=int(r64.shape[0]), sumsq=np.einsum("ij,ij->j", r64, r64), floor=floor)
+
+    def merge(self, other: ResidualScale) -> ResidualScale:
+        """Statistics of the union of both summarised row sets (keeps this part's floor)."""
+        if other.n_features != self.n_features:
+            raise ValueError(f"cannot merge residual stats of {self.n_features} and {other.n_features} features")
+        return ResidualScale(self.count + other.count, self.sumsq + other.sumsq, self.floor)
+
+    @staticmethod
+    def merge_all(parts: list[ResidualScale]) -> ResidualScale:
+        """Merge any number of parts (at least one)."""
+        if not parts:
+            raise ValueError("no residual statistics to merge")
+        out = parts[0]
+        for p in parts[1:]:
+            out = out.merge(p)
+        return out
+
+    @property
+    def variance(self) -> np.ndarray:
+        """Per-feature mean squared residual, floored (all ``floor`` for an empty summary)."""
+        return np.maximum(self.sumsq / max(self.count, 1), self.floor)
+
+    @property
+    def weights(self) -> np.ndarray:
+        """float32 per-feature weights ``1 / variance / n_features``: ``sum(weights * r**2)`` is the mean
+        squared z-score of a row."""
+        return (1.0 / (self.variance * self.n_features)).astype(np.float32)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": "residual-meansq",
+            "count": int(self.count),
+            "sumsq": [float(v) for v in self.sumsq],
+            "floor": float(self.floor),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ResidualScale:
+        if d.get("kind", "residual-meansq") != "residual-meansq":
+            raise ValueError(f"unknown residual scale kind {d.get('kind')!r}")
+        sumsq = np.array([float(v) for v in d["sumsq"]], dtype=np.float64)
+        if sumsq.ndim != 1 or (sumsq < 0).any() or not np.isfinite(sumsq).all():
+            raise ValueError("residual sumsq must be a list of finite non-negative numbers")
+        floor = float(d.get("floor", RESIDUAL_VAR_FLOOR))
+        if not floor > 0:
+            raise ValueError("residual floor must be positive")
+        return cls(count=int(d["count"]), sumsq=sumsq, floor=floor)

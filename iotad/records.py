@@ -14,7 +14,7 @@ import numpy as np
 from flwr.app import ConfigRecord, MetricRecord
 
 from iotad.evaluation import ClassHistograms, Confusion
-from iotad.preprocessing import FeatureStats, Scaler
+from iotad.preprocessing import FeatureStats, ResidualScale, Scaler
 
 HIST_PREFIX = "hist."
 CONFUSION_KEYS = ("tp", "fp", "tn", "fn")
@@ -51,6 +51,24 @@ def stats_from_metrics(m: Mapping[str, Any]) -> FeatureStats:
         min=np.asarray(m["stats.min"], dtype=np.float64),
         max=np.asarray(m["stats.max"], dtype=np.float64),
     )
+
+
+def residual_to_metrics(rs: ResidualScale) -> MetricRecord:
+    return MetricRecord({"num-examples": int(rs.count), "residual.sumsq": [float(v) for v in rs.sumsq]})
+
+
+def residual_from_metrics(m: Mapping[str, Any]) -> ResidualScale:
+    return ResidualScale(count=int(cast(Any, m["num-examples"])), sumsq=np.asarray(m["residual.sumsq"], np.float64))
+
+
+def residual_to_config(rs: ResidualScale, config: ConfigRecord) -> None:
+    config["residual-json"] = json.dumps(rs.to_dict())
+
+
+def residual_from_config(config: Mapping[str, Any]) -> ResidualScale | None:
+    """The merged residual scale, or None before the federation has one (plain MSE)."""
+    text = config.get("residual-json")
+    return None if text is None else ResidualScale.from_dict(json.loads(str(text)))
 
 
 def scaler_to_config(scaler: Scaler, config: ConfigRecord) -> None:

@@ -19,17 +19,19 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, FedMedian, FedProx, FedTrimmedAvg, Krum
 
 from iotad.checkpoint import Checkpoint, CheckpointStore, RoundRecord
 from iotad.evaluation import ClassHistograms, metrics_from_histograms
-from iotad.preprocessing import Scaler
+from iotad.preprocessing import ResidualScale, Scaler
 from iotad.records import (
     config_float,
     confusion_from_metrics,
     histograms_from_metrics,
+    residual_from_metrics,
+    residual_to_config,
     scaler_to_config,
     stats_from_metrics,
 )
@@ -49,9 +51,9 @@ class FederationConfig:
     fraction_train: float = 1.0
     fraction_evaluate: float = 1.0
     min_nodes: int = 2
-    local_epochs: int = 2
-    batch_size: int = 1024
-    learning_rate: float = 1e-3
+    local_epochs: int = 4
+    batch_size: int = 256
+    learning_rate: float = 3e-3
     proximal_mu: float = 0.01
     trim_beta: float = 0.2
     krum_malicious: int = 0
@@ -120,6 +122,11 @@ def screen_updates(replies: Iterable[Message], reference: Sequence[np.ndarray]) 
     return valid, rejected
 
 
+def _metrics(reply: Message) -> MetricRecord:
+    """The one MetricRecord of a device's reply."""
+    return next(iter(reply.content.metric_records.values()))
+
+
 class FederatedTraining:
     """Runs the phases of a federated detector around a Flower strategy."""
 
@@ -178,27 +185,40 @@ class FederatedTraining:
         replies = self._query_all("feature_stats", RecordDict({"config": config}), nodes)
         if len(replies) < self.cfg.min_nodes:
             raise RuntimeError(f"only {len(replies)} devices sent feature statistics; need {self.cfg.min_nodes}")
-        parts = [stats_from_metrics(next(iter(r.content.metric_records.values()))) for r in replies]
+        parts = [stats_from_metrics(_metrics(r)) for r in replies]
         merged = parts[0]
         for part in parts[1:]:
             merged = merged.merge(part)
         return Scaler.from_stats(merged)
 
-    def calibrate(self, arrays: ArrayRecord, scaler: Scaler, server_round: int) -> tuple[float, int]:
-        """Merge the devices' calibration histograms; the threshold is their quantile."""
+    def residual_scale(self, arrays: ArrayRecord, scaler: Scaler, server_round: int) -> ResidualScale:
+        """Merge the devices' per-feature residual statistics: the weights of the anomaly score."""
         nodes = self._wait_for_nodes()
         content = RecordDict({"arrays": arrays, "config": self._config(scaler, server_round)})
-        replies = self._query_all("calibrate", content, nodes)
-        hists = [np.asarray(next(iter(r.content.metric_records.values()))["hist.calibration"]) for r in replies]
+        replies = self._query_all("residual_stats", content, nodes)
+        if not replies:
+            raise RuntimeError("no device returned residual statistics")
+        return ResidualScale.merge_all([residual_from_metrics(_metrics(r)) for r in replies])
+
+    def calibrate(
+        self, arrays: ArrayRecord, scaler: Scaler, residual: ResidualScale, server_round: int
+    ) -> tuple[float, int]:
+        """Merge the devices' calibration histograms; the threshold is their quantile."""
+        nodes = self._wait_for_nodes()
+        config = self._config(scaler, server_round)
+        residual_to_config(residual, config)
+        replies = self._query_all("calibrate", RecordDict({"arrays": arrays, "config": config}), nodes)
+        hists = [np.asarray(_metrics(r)["hist.calibration"]) for r in replies]
         if not hists:
             raise RuntimeError("no device returned a calibration histogram")
         return threshold_from_histogram(np.sum(hists, axis=0), self.cfg.quantile), len(replies)
 
     def evaluate(
-        self, arrays: ArrayRecord, scaler: Scaler, threshold: float, server_round: int
+        self, arrays: ArrayRecord, scaler: Scaler, residual: ResidualScale, threshold: float, server_round: int
     ) -> tuple[dict[str, Any], ClassHistograms]:
         """Global metrics from merged per-class histograms; devices also keep the bundle."""
         config = self._config(scaler, server_round, threshold=threshold)
+        residual_to_config(residual, config)
         messages = self.strategy.configure_evaluate(server_round, arrays, config, self.grid)
         replies = [
             r for r in self.grid.send_and_receive(messages, timeout=self.cfg.round_timeout) if not r.has_error()
@@ -206,7 +226,7 @@ class FederatedTraining:
         merged = ClassHistograms({})
         tp = fp = tn = fn = 0
         for reply in replies:
-            m = next(iter(reply.content.metric_records.values()))
+            m = _metrics(reply)
             merged = merged.merge(histograms_from_metrics(m))
             c = confusion_from_metrics(m)
             tp, fp, tn, fn = tp + c.tp, fp + c.fp, tn + c.tn, fn + c.fn
@@ -237,8 +257,9 @@ class FederatedTraining:
             if aggregated is None:
                 raise RuntimeError(f"round {server_round}: no usable update (rejected: {dict(rejected)})")
             arrays = aggregated
-            threshold, _ = self.calibrate(arrays, scaler, server_round)
-            metrics, histograms = self.evaluate(arrays, scaler, threshold, server_round)
+            residual = self.residual_scale(arrays, scaler, server_round)
+            threshold, _ = self.calibrate(arrays, scaler, residual, server_round)
+            metrics, histograms = self.evaluate(arrays, scaler, residual, threshold, server_round)
             record = RoundRecord(
                 round=server_round,
                 train_loss=config_float(train_metrics, "train-loss") if train_metrics else None,
@@ -252,7 +273,7 @@ class FederatedTraining:
             )
             history.append(record)
             self.store.save(
-                Checkpoint(server_round, arrays.to_numpy_ndarrays(), scaler, threshold, self.cfg.quantile),
+                Checkpoint(server_round, arrays.to_numpy_ndarrays(), scaler, threshold, self.cfg.quantile, residual),
                 history,
                 histograms,
             )

@@ -100,7 +100,10 @@ rm -rf "$ROOTFS"
 mkdir -p "$ROOTFS"
 cleanup() {
   # Never leave bind mounts behind (a later rm -rf would walk into the host's /proc).
-  for m in proc sys dev; do mountpoint -q "$ROOTFS/$m" 2>/dev/null && umount -l "$ROOTFS/$m" || true; done
+  local m
+  for m in proc sys dev; do
+    if mountpoint -q "$ROOTFS/$m" 2>/dev/null; then umount -l "$ROOTFS/$m" || true; fi
+  done
 }
 trap cleanup EXIT
 

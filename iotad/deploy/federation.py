@@ -7,6 +7,7 @@ entrypoints. Everything it starts is stopped on exit, on an exception and on Ctr
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -29,6 +30,7 @@ from iotad.deploy.processes import (
     submit_run,
     superlink_argv,
     supernode_argv,
+    tagged_pids,
     wait_for_port,
     write_flwr_config,
 )
@@ -87,6 +89,17 @@ class LocalFederation:
     max_retries
         ``--max-retries`` for the SuperNodes (None: retry forever, which is what lets them rejoin a
         restarted SuperLink).
+    certs_dir
+        Use this existing TLS material (``ca.crt``, ``server.pem``, ``server.key``; the layout of
+        ``gen-certs.sh``) instead of generating ``workdir/certs`` (the aggregator's case).
+    keys_dir
+        Where device public keys are read for registration: ``keys_dir/<name>/node_key.pub``
+        (default: ``<certs>/devices``).
+    fleet_host, fleet_port, control_port
+        Bind address of the Fleet API (default 127.0.0.1; an aggregator serving real devices binds
+        0.0.0.0) and fixed ports (default: free ports). The Control API always stays on loopback.
+    min_online
+        Devices that must be online before a (re)submission in :meth:`run_supervised` (default: all).
     """
 
     def __init__(
@@ -106,6 +119,12 @@ class LocalFederation:
         start_timeout: float = 60.0,
         join_timeout: float = 120.0,
         stop_timeout: float = 10.0,
+        certs_dir: Path | str | None = None,
+        keys_dir: Path | str | None = None,
+        fleet_host: str = HOST,
+        fleet_port: int | None = None,
+        control_port: int | None = None,
+        min_online: int | None = None,
     ) -> None:
         self.workdir = Path(workdir).resolve()
         names = [f"device-{k}" for k in range(devices)] if isinstance(devices, int) else list(devices)
@@ -129,12 +148,17 @@ class LocalFederation:
             cfg.update(extra_cfg)
             denv = device_env(k, name) if callable(device_env) else (device_env or {}).get(name, {})
             self.devices[name] = Device(name=name, index=k, node_config=cfg, env=dict(denv))
-        self.certs = CertPaths(self.workdir / "certs")
+        self.own_certs = certs_dir is None
+        self.certs = CertPaths(Path(certs_dir).resolve() if certs_dir is not None else self.workdir / "certs")
+        self.keys_dir = Path(keys_dir).resolve() if keys_dir is not None else None
+        self.fleet_host = fleet_host
+        self.min_online = min_online
         self.flwr_home = self.workdir / "flwr-home"
         self.database = self.workdir / "state" / "superlink.db"
         self.logs = self.workdir / "logs"
-        self.fleet_port: int | None = None
-        self.control_port: int | None = None
+        self.fleet_port: int | None = fleet_port
+        self.control_port: int | None = control_port
+        self._superlink_started = False
         self.superlink: ManagedProcess | None = None
         self.runs: list[RunHandle] = []
         self.timings = Timings()
@@ -173,16 +197,34 @@ class LocalFederation:
         return self
 
     def prepare_certs(self) -> CertPaths:
-        """CA, aggregator certificate, one key pair per device (kept if already there)."""
+        """CA, aggregator certificate, one key pair per device (kept if already there).
+
+        With ``certs_dir`` given, only checks that the TLS material is there."""
+        if not self.own_certs:
+            needed = (self.certs.ca_cert, self.certs.server_cert, self.certs.server_key)
+            missing = [p for p in needed if not p.is_file()]
+            if missing:
+                raise DeployError(f"TLS material missing: {', '.join(map(str, missing))}")
+            return self.certs
         return generate_certs(self.certs.root, devices=list(self.devices), dns_names=self.dns_names)
+
+    def public_key(self, name: str) -> Path:
+        """The OpenSSH public key of device ``name`` (what ``flwr supernode register`` reads)."""
+        if self.keys_dir is not None:
+            return self.keys_dir / name / "node_key.pub"
+        return self.certs.device_public_key(name)
 
     def start_superlink(self) -> ManagedProcess:
         """Start (or restart, same ports and ``--database``) the SuperLink and wait for both APIs."""
         if self.superlink is not None and self.superlink.alive():
             raise DeployError("SuperLink already running")
-        restarting = self.fleet_port is not None
-        if self.fleet_port is None or self.control_port is None:
-            self.fleet_port, self.control_port = free_port(), free_port()
+        restarting = self._superlink_started
+        if restarting:
+            self.sweep_orphans()
+        if self.fleet_port is None:
+            self.fleet_port = free_port()
+        if self.control_port is None:
+            self.control_port = free_port()
         self.database.parent.mkdir(parents=True, exist_ok=True)
         write_flwr_config(self.flwr_home, self.connection, self.control_address, self.certs.ca_cert)
         argv = superlink_argv(
@@ -190,11 +232,13 @@ class LocalFederation:
             server_cert=self.certs.server_cert,
             server_key=self.certs.server_key,
             database=self.database,
-            fleet_address=self.fleet_address,
+            fleet_address=f"{self.fleet_host}:{self.fleet_port}",
             control_port=self.control_port,
         )
         env = {"FLWR_HOME": str(self.workdir / "superlink" / "flwr-home")}
         self.superlink = self.registry.spawn("superlink", argv, self.logs / "superlink.log", env=env)
+        self._superlink_started = True
+        (self.database.parent / "superlink.pid").write_text(f"{self.superlink.pid}\n")
         t0 = time.monotonic()
         wait_for_port(self.control_port, timeout=self.start_timeout, proc=self.superlink)
         wait_for_port(self.fleet_port, timeout=self.start_timeout, proc=self.superlink)
@@ -204,6 +248,25 @@ class LocalFederation:
         else:
             self.timings.superlink_ready = elapsed
         return self.superlink
+
+    def sweep_orphans(self) -> list[int]:
+        """Kill ``flwr-serverapp`` / ``flower-superexec`` processes left by a dead SuperLink.
+
+        A SIGKILLed SuperLink leaves its ServerApp re-parented to init (docs/flower-notes.md); it
+        would reconnect to the restarted SuperLink with a stale token. Only processes this
+        federation started (tagged) are touched.
+        """
+        killed = []
+        for pid in tagged_pids(self.registry.tag):
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+            except OSError:
+                continue
+            if b"flwr-serverapp" in cmdline or (b"flower-superexec" in cmdline and b"serverapp" in cmdline):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+        return killed
 
     def kill_superlink(self, sig: int = signal.SIGKILL, timeout: float = 10.0) -> int | None:
         """Stop the SuperLink (SIGKILL by default: a crash). Its detached SuperExec and ServerApp are
@@ -218,7 +281,14 @@ class LocalFederation:
         ids = {}
         for name in names if names is not None else list(self.devices):
             dev = self.devices[name]
-            dev.node_id = register_node(self.flwr_home, self.connection, self.certs.device_public_key(name), name)
+            try:
+                dev.node_id = register_node(self.flwr_home, self.connection, self.public_key(name), name)
+            except DeployError as exc:
+                # Registrations survive in --database: a restarted aggregator sees its devices again.
+                if "already in use" not in str(exc):
+                    raise
+                dev.node_id = -1  # registered earlier; the id is in the database
+                continue
             ids[name] = dev.node_id
         self.timings.register = time.monotonic() - t0
         return ids
@@ -357,7 +427,7 @@ class LocalFederation:
                 break
             if restart_superlink and (self.superlink is None or not self.superlink.alive()):
                 self.start_superlink()
-                self.wait_online()
+                self.wait_online(self.min_online)
             previous = self.submit(cfg).wait(timeout)
             results.append(previous)
             if not previous.resubmittable:
@@ -396,12 +466,18 @@ def sigterm_as_keyboard_interrupt() -> Iterator[None]:
 
 def run_local_federation(
     workdir: Path | str,
-    devices: int | Sequence[str] = 2,
+    devices: int = 3,
     *,
-    rounds: int | None = None,
-    timeout: float | None = 1800.0,
+    rounds: int = 3,
+    rows_per_device: int = 4000,
     **kwargs: Any,
-) -> RunResult:
-    """Start a LocalFederation, run once, stop everything (also on Ctrl-C / SIGTERM)."""
-    with sigterm_as_keyboard_interrupt(), LocalFederation(workdir, devices, rounds=rounds, **kwargs) as fed:
-        return fed.run(timeout=timeout)
+) -> list[RunResult]:
+    """``iotad local-federation``: data, certificates, SuperLink, SuperNodes, device agents and the
+    aggregator exporter on 127.0.0.1, R rounds, everything stopped on exit, Ctrl-C or SIGTERM.
+
+    The stack itself is :func:`iotad.aggregator.run_local_stack` (the launcher owns the telemetry);
+    see it for the keyword arguments.
+    """
+    from iotad.aggregator import run_local_stack
+
+    return run_local_stack(workdir, devices, rounds=rounds, rows_per_device=rows_per_device, **kwargs)

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from iotad.detector import BUNDLE_JSON, WEIGHTS_NPZ, BundleError, Detector, detector_from_weights
-from iotad.preprocessing import Scaler
-from iotad.train import TrainConfig, get_weights
+from iotad.preprocessing import ResidualScale, Scaler
+from iotad.train import TrainConfig, get_weights, reconstruction_errors, residual_sumsq
 
 N_FEATURES = 6
 NAMES = [f"f{i}" for i in range(N_FEATURES)]
@@ -161,13 +161,38 @@ def test_concurrent_reader_never_sees_a_torn_bundle(fitted: Detector, tmp_path: 
 def test_detector_from_federated_state(fitted: Detector, tmp_path: Path) -> None:
     assert fitted.scaler is not None
     scaler = Scaler.from_dict(fitted.scaler.to_dict())
+    assert fitted.residual_scale is not None
+    residual = ResidualScale.from_dict(fitted.residual_scale.to_dict())
     det = detector_from_weights(
-        get_weights(fitted.model), scaler, fitted.threshold, round=5, hidden=(16, 8, 3), dropout=0.0
+        get_weights(fitted.model), scaler, fitted.threshold, round=5, hidden=(16, 8, 3), dropout=0.0,
+        residual_scale=residual,
     )
     x = _attack(20, 8)
     np.testing.assert_array_equal(det.decision_function(x), fitted.decision_function(x))
     det.save(tmp_path / "fed")
-    assert Detector.load(tmp_path / "fed").round == 5
+    loaded = Detector.load(tmp_path / "fed")
+    assert loaded.round == 5
+    np.testing.assert_array_equal(loaded.decision_function(x), fitted.decision_function(x))
+    # Without a residual scale the detector scores plain reconstruction MSE (older bundles).
+    plain = detector_from_weights(get_weights(fitted.model), scaler, None, hidden=(16, 8, 3), dropout=0.0)
+    assert scaler is not None
+    np.testing.assert_allclose(
+        plain.decision_function(x), reconstruction_errors(plain.model, scaler.transform(x)), rtol=1e-6
+    )
+
+
+def test_score_is_mean_squared_z_of_residuals(fitted: Detector) -> None:
+    assert fitted.scaler is not None and fitted.residual_scale is not None
+    train = _normal(4000, 1)
+    x = fitted.scaler.transform(train)
+    # The scale was measured on the training rows: their mean score is ~1 (exactly, up to the floor).
+    assert fitted.residual_scale.count == len(train)
+    np.testing.assert_allclose(
+        fitted.residual_scale.sumsq, residual_sumsq(fitted.model, x), rtol=1e-6
+    )
+    var = fitted.residual_scale.variance
+    assert np.mean(fitted.decision_function(train)) <= 1.0 + 1e-6
+    assert np.all(var >= fitted.residual_scale.floor)
 
 
 def test_bundle_without_threshold_loads_but_cannot_predict(fitted: Detector, tmp_path: Path) -> None:

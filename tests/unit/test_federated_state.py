@@ -97,3 +97,21 @@ def test_device_splits_are_cached(tmp_path: Path) -> None:
         assert list(getattr(a, part).attack_types) == list(getattr(b, part).attack_types)
     assert not set(a.train.row_index) & set(a.calibration.row_index)
     assert (a.train.labels == 0).all() and (a.calibration.labels == 0).all()
+
+
+def test_merged_residual_scale_equals_centralised(device_splits: list, global_model: list[np.ndarray]) -> None:
+    from iotad.preprocessing import ResidualScale
+    from iotad.train import residual_sumsq, set_weights
+
+    scaler = Scaler.from_stats(FeatureStats.merge_all([local_steps.feature_stats(s) for s in device_splits]))
+    merged = ResidualScale.merge_all([local_steps.residual_stats(s, global_model, scaler) for s in device_splits])
+    model = Autoencoder(N_FEATURES)
+    set_weights(model, global_model)
+    union = scaler.transform(Traffic.concat([s.train for s in device_splits]).features)
+    assert merged.count == len(union)
+    np.testing.assert_allclose(merged.sumsq, residual_sumsq(model, union), rtol=1e-5)
+    # With the merged scale, device histograms still merge into the pooled one exactly.
+    hist = np.sum([local_steps.calibration_histogram(s, global_model, scaler, merged) for s in device_splits], axis=0)
+    calib = Traffic.concat([s.calibration for s in device_splits]).features
+    pooled = reconstruction_errors(model, scaler.transform(calib), feature_weights=merged.weights)
+    assert np.array_equal(hist, error_histogram(pooled))

@@ -125,3 +125,30 @@ def test_scaler_rejects_wrong_width() -> None:
     scaler = Scaler.fit(_features(10, 8))
     with pytest.raises(ValueError, match="expects 7 features"):
         scaler.transform(np.zeros((1, 6), dtype=np.float32))
+
+
+def test_residual_scale_merges_like_pooled_rows_and_round_trips() -> None:
+    from iotad.preprocessing import RESIDUAL_VAR_FLOOR, ResidualScale
+
+    rng = np.random.default_rng(0)
+    r = rng.normal(0.0, [1.0, 0.1, 0.0001, 0.5], size=(300, 4))
+    parts = [ResidualScale.of(r[:100]), ResidualScale.of(r[100:250]), ResidualScale.of(r[250:]),
+             ResidualScale.empty(4)]
+    merged = ResidualScale.merge_all(parts)
+    pooled = ResidualScale.of(r)
+    assert merged.count == pooled.count == 300
+    np.testing.assert_allclose(merged.sumsq, pooled.sumsq, rtol=1e-12)
+    var = merged.variance
+    np.testing.assert_allclose(var[:2], np.mean(r[:, :2] ** 2, axis=0), rtol=1e-12)
+    assert var[2] == RESIDUAL_VAR_FLOOR  # near-deterministic feature: floored, not a huge weight
+    # weights give the mean squared z-score: 1 on average over the summarised rows (without the floor)
+    z = (r[:, [0, 1, 3]] ** 2 * merged.weights[[0, 1, 3]]).sum(1) * 4 / 3
+    assert np.mean(z) == pytest.approx(1.0, rel=1e-5)
+    back = ResidualScale.from_dict(json.loads(json.dumps(merged.to_dict())))
+    assert back.count == merged.count and back.floor == merged.floor
+    np.testing.assert_array_equal(back.sumsq, merged.sumsq)
+    with pytest.raises(ValueError):
+        merged.merge(ResidualScale.empty(3))
+    with pytest.raises(ValueError):
+        ResidualScale.from_dict({"count": 1, "sumsq": [-1.0]})
+    assert ResidualScale.empty(2).variance.tolist() == [RESIDUAL_VAR_FLOOR] * 2

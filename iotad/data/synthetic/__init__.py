@@ -24,7 +24,10 @@ indistinguishable from a normal SYN), ``DDoS_HTTP`` (short HEAD/GET requests pip
 into a connection, large ``tcp.seq``), ``SQL_injection`` / ``XSS`` (560-1450-byte requests with
 the DVWA referer; their 1448-byte responses resemble dashboard responses), ``Uploading``
 (multi-megabyte ``http.content_length`` and ``tcp.seq``), ``Vulnerability_scanner``
-(OPTIONS/PROPFIND/TRACE/PUT, HTTP/1.0; its plain GETs look normal).
+(OPTIONS/PROPFIND/TRACE/PUT, HTTP/1.0, pipelined on keep-alive connections; its plain GETs look
+normal). SQL_injection/XSS send several payloads per keep-alive connection; normal authenticating
+sensors always use their configured credentials (fixed CONNECT lengths); MITM's forged DNS answers
+race the real ones (duplicate answers flagged as retransmissions).
 
 Medium: ``DDoS_ICMP`` is per packet just an echo request (only ``icmp.seq_le`` spread over the
 whole 16-bit range and rare timestamps differ from the gateway's pings).

@@ -34,7 +34,6 @@ from iotad.data.synthetic.profiles import (
     Network,
     byteswap16,
     dns_rows,
-    http_exchange,
     mqtt_connect,
     tls_streams,
 )
@@ -123,18 +122,40 @@ _XSS = ("?name=%3Cscript%3Ealert%28document.cookie%29%3C%2Fscript%3E",
 def _dvwa(rng: np.random.Generator, start: np.ndarray, net: Network, pool: PayloadPool, *, kind: str,
           path: str, queries: tuple[str, ...], req_len: tuple[int, int], post_share: float,
           post_len: tuple[int, int]) -> Rows:
+    """Payload after payload against a DVWA page over one keep-alive connection (a browser or Burp on a
+    logged-in session): long requests (cookies + payload, DVWA referer), ~5 kB pages back."""
     s = len(start)
-    post = rng.random(s) < post_share
-    uri = np.array([path + q for q in rng.choice(np.array(queries, dtype=object), s)], dtype=object)
-    uri = np.where(post, path, uri).astype(object)
-    body = rng.integers(*post_len, s)
-    return http_exchange(
-        rng, start, client_ip=_attacker(rng, net, s), server_ip=net.broker,
-        method=np.where(post, "POST", "GET").astype(object), version="HTTP/1.1", referer="127.0.0.1",
-        req_len=rng.integers(*req_len, s) + post * body, content_length=np.where(post, body, 0),
-        resp_len=np.full(s, 1448), resp_content_length=rng.integers(4200, 5600, s), uri=uri, pool=pool,
-        kind=kind, close_rst=0.3,
-    )
+    k = 6
+    nreq = rng.integers(1, k + 1, s)
+    steps = [*handshake()]
+    for j in range(k):
+        sent = nreq > j
+        post = rng.random(s) < post_share
+        uri = np.array([path + q for q in rng.choice(np.array(queries, dtype=object), s)], dtype=object)
+        uri = np.where(post, path, uri).astype(object)
+        body = rng.integers(*post_len, s)
+        length = rng.integers(*req_len, s) + post * body
+        req_fields: dict[str, Values] = {
+            "http.request.method": np.where(post, "POST", "GET").astype(object),
+            "http.request.version": "HTTP/1.1", "http.referer": "127.0.0.1",
+            "http.request.full_uri": np.array([f"http://{net.broker}{u}" for u in uri], dtype=object),
+            "http.request.uri.query": np.array([u.partition("?")[2] for u in uri], dtype=object),
+            "http.content_length": np.where(post, body, 0),
+        }
+        resp_fields: dict[str, Values] = {
+            "http.response": "1", "http.request.version": "HTTP/1.1",
+            "http.content_length": rng.integers(4200, 5600, s),
+        }
+        steps.append(Step(True, PSH | ACK, length, pool.take(length), req_fields, mask=sent,
+                          gap=0.001 if j == 0 else 0.3))
+        steps.append(Step(False, ACK, mask=sent & (rng.random(s) < 0.6), gap=0.0003))
+        steps.append(Step(False, PSH | ACK, 1448, pool.take(np.full(s, 1448)), resp_fields, mask=sent, gap=0.004))
+        steps.append(Step(True, ACK, mask=sent, gap=0.0005))
+    rst = rng.random(s) < 0.3
+    steps += [Step(True, FIN | ACK, mask=~rst, gap=0.01), Step(False, FIN | ACK, mask=~rst),
+              Step(True, ACK, mask=~rst), Step(True, RST | ACK, mask=rst, gap=0.005)]
+    return conversation(rng, start, steps, client_ip=_attacker(rng, net, s), server_ip=net.broker,
+                        client_port=rng.integers(32768, 61000, s), server_port=80, kind=kind)
 
 
 def sql_injection(rng: np.random.Generator, start: np.ndarray, net: Network, pool: PayloadPool) -> Rows:
@@ -178,19 +199,38 @@ def uploading(rng: np.random.Generator, start: np.ndarray, net: Network, pool: P
 def vulnerability_scanner(
     rng: np.random.Generator, start: np.ndarray, net: Network, pool: PayloadPool
 ) -> Rows:
-    """Nikto/OpenVAS-style probing: unusual methods, HTTP/1.0, many 404 pages."""
+    """Nikto/OpenVAS-style probing: many short requests pipelined on keep-alive connections (as Nikto's
+    LibWhisker does), unusual methods, HTTP/1.0, small 404 pages; a share of connections are reset."""
     s = len(start)
+    k = 12
     methods = np.array(["GET", "HEAD", "OPTIONS", "PROPFIND", "TRACE", "POST", "PUT", "DELETE"], dtype=object)
-    method = rng.choice(methods, s, p=[0.45, 0.15, 0.1, 0.06, 0.06, 0.1, 0.04, 0.04])
     paths = np.array(["/cgi-bin/test.cgi", "/admin/", "/.git/HEAD", "/phpmyadmin/", "/wp-login.php",
                       "/server-status", "/../../etc/passwd", "/backup.zip"], dtype=object)
-    return http_exchange(
-        rng, start, client_ip=_attacker(rng, net, s), server_ip=net.broker, method=method,
-        version=np.where(rng.random(s) < 0.6, "HTTP/1.1", "HTTP/1.0").astype(object),
-        referer="", req_len=rng.integers(110, 330, s), content_length=None,
-        resp_len=rng.integers(280, 560, s), resp_content_length=rng.integers(196, 320, s),
-        uri=rng.choice(paths, s), pool=pool, kind="Vulnerability_scanner", close_rst=0.5,
-    )
+    nreq = rng.integers(2, k + 1, s)
+    steps = [*handshake()]
+    for j in range(k):
+        sent = nreq > j
+        method = rng.choice(methods, s, p=[0.45, 0.15, 0.1, 0.06, 0.06, 0.1, 0.04, 0.04])
+        version = np.where(rng.random(s) < 0.6, "HTTP/1.1", "HTTP/1.0").astype(object)
+        req_len = rng.integers(110, 330, s)
+        uri = rng.choice(paths, s)
+        req_fields: dict[str, Values] = {
+            "http.request.method": method, "http.request.version": version,
+            "http.request.full_uri": np.array([f"http://{net.broker}{u}" for u in uri], dtype=object),
+        }
+        resp_len = rng.integers(280, 560, s)
+        resp_fields: dict[str, Values] = {
+            "http.response": "1", "http.request.version": version,
+            "http.content_length": rng.integers(196, 320, s),
+        }
+        steps.append(Step(True, PSH | ACK, req_len, pool.take(req_len), req_fields, mask=sent, gap=0.002))
+        steps.append(Step(False, ACK, mask=sent & (rng.random(s) < 0.3), gap=0.0003))
+        steps.append(Step(False, PSH | ACK, resp_len, pool.take(resp_len), resp_fields, mask=sent, gap=0.002))
+    rst = rng.random(s) < 0.5
+    steps += [Step(True, RST | ACK, mask=rst, gap=0.002), Step(True, FIN | ACK, mask=~rst, gap=0.002),
+              Step(False, FIN | ACK, mask=~rst), Step(True, ACK, mask=~rst)]
+    return conversation(rng, start, steps, client_ip=_attacker(rng, net, s), server_ip=net.broker,
+                        client_port=rng.integers(32768, 61000, s), server_port=80, kind="Vulnerability_scanner")
 
 
 # ------------------------------------------------------------------ close to normal (hard)
@@ -299,7 +339,9 @@ def mitm(rng: np.random.Generator, t: np.ndarray, net: Network, pool: PayloadPoo
         arp__src__proto_ipv4=rng.choice(hosts, int(arp.sum())),
         arp__dst__proto_ipv4=rng.choice(hosts, int(arp.sum())),
     )
-    dns = dns_rows(rng, t[~arp], net, stream0=int(rng.integers(0, 50)), kind="MITM")
+    # The forged answer races the real one: the victim sees two answers to one query, which Wireshark marks
+    # as a retransmission far more often than in normal traffic.
+    dns = dns_rows(rng, t[~arp], net, stream0=int(rng.integers(0, 50)), kind="MITM", retrans_share=0.5)
     return Rows.concat([arp_rows, dns], "MITM")
 
 
@@ -316,14 +358,14 @@ FAMILIES: dict[str, Family] = {
     "DDoS_ICMP": Family(ddos_icmp, 1, 2e-5, False),
     "DDoS_TCP": Family(ddos_tcp, 1, 2e-5, False),
     "DDoS_HTTP": Family(ddos_http, 50, 0.002, False),
-    "SQL_injection": Family(sql_injection, 8.6, 0.3, False),
-    "XSS": Family(xss, 8.6, 0.3, False),
+    "SQL_injection": Family(sql_injection, 18, 1.0, False),
+    "XSS": Family(xss, 18, 1.0, False),
     "Uploading": Family(uploading, 48, 0.5, False),
     "Backdoor": Family(backdoor, 27, 2.0, True),
     "Password": Family(password, 10.5, 0.2, True),
     "Ransomware": Family(ransomware, 22, 1.0, True),
     "Port_Scanning": Family(port_scanning, 2.1, 1.0, True),
-    "Vulnerability_scanner": Family(vulnerability_scanner, 8.6, 0.05, False),
+    "Vulnerability_scanner": Family(vulnerability_scanner, 24, 0.1, False),
     "Fingerprinting": Family(fingerprinting, 1, 0.05, True),
     "MITM": Family(mitm, 1, 0.5, True),
 }

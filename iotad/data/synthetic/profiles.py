@@ -77,6 +77,8 @@ class SensorProfile:
     client_id_len: int = 0
     ping: float = 0.0  # share of connections that send PINGREQ
     session_gap: float = 0.05  # mean seconds between connections
+    user_len: int = 6  # configured MQTT credentials (when ``auth``): same on every connection
+    pass_len: int = 12
 
 
 PROFILES: tuple[SensorProfile, ...] = (
@@ -93,11 +95,11 @@ PROFILES: tuple[SensorProfile, ...] = (
     SensorProfile(
         "water_level", "Water_Level",
         lambda r, n: _fmt("Water level: {}", np.clip(np.rint(_walk(r, n, 420, 200, 8)), 0, 1023).astype(int)),
-        publishes=(2, 6), qos=1, auth=True, client_id_len=12, ping=0.3,
+        publishes=(2, 6), qos=1, auth=True, client_id_len=12, ping=0.3, user_len=7, pass_len=16,
     ),
     SensorProfile(
         "ph", "pH", lambda r, n: _fmt("pH: {:.2f}", _walk(r, n, 7.0, 0.8, 0.03)),
-        publishes=(1, 2), auth=True, client_id_len=8,
+        publishes=(1, 2), auth=True, client_id_len=8, user_len=4, pass_len=10,
     ),
     SensorProfile(
         "soil_moisture", "Soil_Moisture",
@@ -108,7 +110,7 @@ PROFILES: tuple[SensorProfile, ...] = (
     SensorProfile(
         "heart_rate", "Heart_Rate",
         lambda r, n: _fmt("Heart rate: {} bpm", np.rint(_walk(r, n, 75, 18, 1.5)).astype(int)),
-        publishes=(4, 10), publish_gap=0.25, auth=True, client_id_len=16, ping=0.5,
+        publishes=(4, 10), publish_gap=0.25, auth=True, client_id_len=16, ping=0.5, user_len=9, pass_len=14,
     ),
     SensorProfile(
         "flame", "Flame",
@@ -175,8 +177,10 @@ def mqtt_sessions(
     npub = rng.integers(lo, hi + 1, s)
     client_ip = rng.choice(np.array(net.sensors[:2], dtype=object), s)
     cport = rng.integers(32768, 61000, s) + np.arange(s) % 200
+    # A deployed sensor always logs in with the same (configured) credentials.
     conn_len, conn_fields, conn_payload = mqtt_connect(
-        rng, s, client_id_len=prof.client_id_len, auth=prof.auth
+        rng, s, client_id_len=prof.client_id_len, auth=prof.auth,
+        user_len=np.full(s, prof.user_len), pass_len=np.full(s, prof.pass_len),
     )
     steps = [*handshake()]
     steps.append(Step(True, PSH | ACK, conn_len, conn_payload, conn_fields, gap=0.003))
@@ -358,7 +362,8 @@ DNS_NAMES = np.array(
 )
 
 
-def dns_rows(rng: np.random.Generator, t: np.ndarray, net: Network, stream0: int, kind: str = NORMAL) -> Rows:
+def dns_rows(rng: np.random.Generator, t: np.ndarray, net: Network, stream0: int, kind: str = NORMAL,
+             retrans_share: float = 0.02) -> Rows:
     """DNS / mDNS queries and responses (one UDP stream per exchange).
 
     As in the release, ``dns.qry.name.len`` carries the query name and ``dns.qry.name``
@@ -369,7 +374,7 @@ def dns_rows(rng: np.random.Generator, t: np.ndarray, net: Network, stream0: int
     mdns = (name == "_googlecast._tcp.local") | (name == "raspberrypi.local")
     response = rng.random(n) < 0.45
     qtype = np.where(mdns, rng.choice([12, 255, 1, 28], n), rng.choice([1, 28], n, p=[0.7, 0.3]))
-    retrans = rng.random(n) < 0.02
+    retrans = rng.random(n) < retrans_share
     stream = stream0 + np.cumsum(~response)
     rows = Rows(t, kind).set(
         ip__src_host=np.where(response, net.router, net.broker).astype(object),

@@ -1,0 +1,461 @@
+"""Aggregator launcher: SuperLink + run supervision + the federation's ``/metrics``.
+
+One long-lived process per aggregator (container entrypoint ``iotad aggregator``):
+
+1. serves ``/metrics`` from a multiprocess directory that the ServerApp writes too (the SuperLink,
+   its ``flower-superexec`` and every ``flwr-serverapp`` inherit ``PROMETHEUS_MULTIPROC_DIR``);
+2. starts ``flower-superlink`` with TLS, SuperNode authentication and a state database, the Control
+   API on 127.0.0.1 only;
+3. registers the device public keys it is given (``<keys-dir>/<name>/node_key.pub``);
+4. waits (bounded) for enough devices, submits the run (``checkpoint-dir``, ``resume=true``);
+5. supervises: a SuperLink that dies is restarted on the same ports and database, the devices rejoin
+   by themselves and the run is resubmitted; the ServerApp resumes from the last checkpoint with the
+   remaining rounds (``iotad_fl_resumed_runs_total{reason=...}``);
+6. keeps serving (and keeps the SuperLink alive) after training until SIGTERM.
+
+:func:`run_local_stack` builds the whole federation on 127.0.0.1 around it (``iotad local-federation``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from iotad import telemetry
+from iotad.deploy.federation import PROJECT_ROOT, LocalFederation, sigterm_as_keyboard_interrupt
+from iotad.deploy.processes import HOST, DeployError, RunResult, free_port
+
+log = logging.getLogger(__name__)
+
+DEFAULT_METRICS_PORT = 9400
+DEFAULT_FLEET_PORT = 9092
+DEFAULT_CONTROL_PORT = 9093
+
+REASON_SUPERLINK = "superlink_restart"
+REASON_FAILED = "run_failed"
+REASON_LAUNCHER = "launcher_restart"
+
+
+def latest_round(checkpoint_dir: Path) -> int:
+    """Round of the last complete checkpoint (0: none). Reads ``latest.json`` only (no torch)."""
+    try:
+        return int(json.loads((checkpoint_dir / "latest.json").read_text())["round"])
+    except (FileNotFoundError, KeyError, ValueError, json.JSONDecodeError):
+        return 0
+
+
+@dataclass
+class Attempt:
+    """One submission of the run (written to ``aggregator-status.json``)."""
+
+    attempt: int
+    resume_from_round: int
+    reason: str | None
+    submitted_at: float
+    run_id: int | None = None
+    status: str | None = None
+    details: str = ""
+    seconds: float | None = None
+
+
+@dataclass
+class AggregatorStatus:
+    state: str = "starting"  # starting | waiting | training | completed | failed | stopped
+    rounds: int = 0
+    completed_rounds: int = 0
+    attempts: list[Attempt] = field(default_factory=list)
+    superlink_restarts: int = 0
+    metrics_url: str = ""
+
+
+class Aggregator:
+    """Drives a :class:`LocalFederation` (SuperLink side only, or with local devices) as a service.
+
+    Parameters
+    ----------
+    fed
+        The federation tooling; its SuperLink is started here.
+    rounds
+        Planned rounds (``num-server-rounds``).
+    checkpoint_dir
+        Run-config ``checkpoint-dir``: where the ServerApp checkpoints and resumes from.
+    run_config
+        Further run-config keys (must exist in ``[tool.flwr.app.config]``).
+    min_nodes
+        Devices to wait for before submitting (and the ServerApp's ``min-nodes``).
+    multiproc_dir
+        ``PROMETHEUS_MULTIPROC_DIR`` of the launcher and the ServerApp (wiped at start).
+    """
+
+    def __init__(
+        self,
+        fed: LocalFederation,
+        *,
+        rounds: int,
+        checkpoint_dir: Path,
+        multiproc_dir: Path,
+        run_config: Mapping[str, Any] | None = None,
+        min_nodes: int = 2,
+        metrics_port: int = DEFAULT_METRICS_PORT,
+        metrics_host: str = "127.0.0.1",
+        join_timeout: float = 600.0,
+        run_timeout: float | None = 7200.0,
+        max_attempts: int = 5,
+        status_path: Path | None = None,
+    ) -> None:
+        self.fed = fed
+        self.rounds = int(rounds)
+        self.checkpoint_dir = Path(checkpoint_dir).resolve()
+        self.multiproc_dir = Path(multiproc_dir).resolve()
+        self.extra_config = dict(run_config or {})
+        self.min_nodes = int(min_nodes)
+        self.metrics_port = metrics_port
+        self.metrics_host = metrics_host
+        self.join_timeout = join_timeout
+        self.run_timeout = run_timeout
+        self.max_attempts = max_attempts
+        self.status_path = status_path or fed.workdir / "aggregator-status.json"
+        self.status = AggregatorStatus(rounds=self.rounds)
+        self.server: telemetry.MetricsServer | None = None
+        self.telemetry: telemetry.AggregatorTelemetry | None = None
+        fed.min_online = self.min_nodes
+        # Every child (SuperLink -> superexec -> flwr-serverapp) inherits the directory.
+        fed.registry.env[telemetry.MULTIPROC_ENV] = str(self.multiproc_dir)
+
+    # --- lifecycle --------------------------------------------------------------------------------
+
+    def start_metrics(self) -> telemetry.MetricsServer:
+        """Wipe the multiprocess directory, switch this process to it, serve ``/metrics``."""
+        telemetry.prepare_multiproc_dir(self.multiproc_dir, wipe=True)
+        telemetry.configure_multiprocess(self.multiproc_dir)
+        self.server = telemetry.serve_metrics(self.metrics_port, self.metrics_host)
+        self.status.metrics_url = self.server.url
+        self.telemetry = telemetry.AggregatorTelemetry()
+        self._republish_history()
+        return self.server
+
+    def _republish_history(self) -> None:
+        """After a reboot the directory is empty: publish the checkpointed rounds once, so counters
+        count every completed round and gauges show the last one."""
+        from iotad.checkpoint import CheckpointStore
+
+        assert self.telemetry is not None
+        history = CheckpointStore(self.checkpoint_dir).history()
+        for rec in history:
+            failed = {"missing": rec.devices_failed} if rec.devices_failed else {}
+            self.telemetry.round_started(rec.round)
+            self.telemetry.round_finished(
+                seconds=rec.duration_seconds, participating=rec.devices_participating, failed=failed,
+                train_loss=rec.train_loss, model_bytes=rec.model_bytes,
+            )
+            self.telemetry.evaluated(rec.metrics)
+        self.status.completed_rounds = len(history)
+
+    def start(self) -> None:
+        """Metrics, TLS material check/generation, SuperLink, device registrations."""
+        if self.server is None:
+            self.start_metrics()
+        self.fed.prepare_certs()
+        self.fed.start_superlink()
+        self.register_devices()
+        self._write_status()
+
+    def register_devices(self) -> list[str]:
+        """Register every device key known (``keys_dir`` is re-scanned: new devices can be added)."""
+        if self.fed.keys_dir is not None and self.fed.keys_dir.is_dir():
+            for key in sorted(self.fed.keys_dir.glob("*/node_key.pub")):
+                name = key.parent.name
+                if name not in self.fed.devices:
+                    self.fed.add_device(name)
+        new = [n for n, d in self.fed.devices.items() if d.node_id is None]
+        if new:
+            self.fed.register_devices(new)
+            log.warning("device keys registered (or already known): %s", ", ".join(new))
+        return new
+
+    def _superlink_alive(self) -> bool:
+        return self.fed.superlink is not None and self.fed.superlink.alive()
+
+    def ensure_superlink(self) -> bool:
+        """Restart a dead SuperLink (same ports and database); True if it had to."""
+        if self._superlink_alive():
+            return False
+        log.warning("SuperLink is down; restarting it")
+        self.fed.start_superlink()
+        self._write_status()
+        return True
+
+    # --- the run ----------------------------------------------------------------------------------
+
+    def run_config(self) -> dict[str, Any]:
+        return {
+            **self.extra_config,
+            "num-server-rounds": self.rounds,
+            "checkpoint-dir": str(self.checkpoint_dir),
+            "resume": True,
+            "min-nodes": self.min_nodes,
+        }
+
+    def _next_config(self, previous: RunResult | None) -> dict[str, Any] | None:
+        assert self.telemetry is not None
+        done = latest_round(self.checkpoint_dir)
+        if previous is not None:
+            self._close_attempt(previous)
+            self.telemetry.run_finished()
+        if done >= self.rounds or (previous is not None and previous.succeeded):
+            return None
+        if previous is None:
+            reason = REASON_LAUNCHER if done > 0 else None
+        else:
+            reason = REASON_FAILED if self._superlink_alive() else REASON_SUPERLINK
+            log.warning("run %s ended %s (%s); resubmitting from round %d", previous.run_id, previous.status,
+                        previous.details, done)
+        self.telemetry.run_started(planned_rounds=self.rounds, resumed_reason=reason)
+        self.status.attempts.append(Attempt(len(self.status.attempts) + 1, done, reason, time.time()))
+        self.status.state = "training"
+        self._write_status()
+        return self.run_config()
+
+    def _close_attempt(self, result: RunResult) -> None:
+        if self.status.attempts:
+            att = self.status.attempts[-1]
+            att.run_id, att.status, att.details, att.seconds = result.run_id, result.status, result.details, \
+                result.seconds
+
+    def train(self) -> list[RunResult]:
+        """Wait for devices, submit, resubmit while the run is lost; returns every attempt's result."""
+        assert self.telemetry is not None
+        if latest_round(self.checkpoint_dir) >= self.rounds:
+            log.warning("checkpoint already at round %d of %d: nothing to train", self.rounds, self.rounds)
+            self.status.state = "completed"
+            self._write_status()
+            return []
+        self.status.state = "waiting"
+        self._write_status()
+        self.ensure_superlink()
+        self.fed.wait_online(self.min_nodes, timeout=self.join_timeout)
+        results = self.fed.run_supervised(self._next_config, timeout=self.run_timeout,
+                                          max_attempts=self.max_attempts)
+        if results:
+            self._close_attempt(results[-1])
+        self.telemetry.run_finished()
+        self.status.completed_rounds = latest_round(self.checkpoint_dir)
+        self.status.state = "completed" if self.status.completed_rounds >= self.rounds else "failed"
+        self._write_status()
+        return results
+
+    def serve_forever(self, poll: float = 2.0) -> None:
+        """Keep ``/metrics`` and the SuperLink up until interrupted (KeyboardInterrupt / SIGTERM)."""
+        while True:
+            self.ensure_superlink()
+            time.sleep(poll)
+
+    def stop(self) -> None:
+        self.fed.stop()
+        if self.server is not None:
+            self.server.close()
+            self.server = None
+        if self.status.state in ("starting", "waiting", "training"):
+            self.status.state = "stopped"
+        self._write_status()
+
+    def _write_status(self) -> None:
+        self.status.superlink_restarts = len(self.fed.timings.superlink_restart)
+        self.status_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.status_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(self.status), indent=2) + "\n")
+        tmp.replace(self.status_path)
+
+
+# --------------------------------------------------------------------------------------------------
+# `iotad aggregator`
+
+
+def run_aggregator(
+    *,
+    state_dir: Path,
+    certs_dir: Path,
+    keys_dir: Path,
+    rounds: int,
+    min_nodes: int,
+    app_dir: Path | None = None,
+    fleet_address: str = f"0.0.0.0:{DEFAULT_FLEET_PORT}",
+    control_port: int = DEFAULT_CONTROL_PORT,
+    metrics_port: int = DEFAULT_METRICS_PORT,
+    metrics_host: str = "0.0.0.0",
+    run_config: Mapping[str, Any] | None = None,
+    join_timeout: float = 600.0,
+    run_timeout: float | None = 7200.0,
+    max_attempts: int = 5,
+    exit_after_training: bool = False,
+) -> int:
+    """The aggregator container's main process. Returns the exit code (0 trained, 1 failed)."""
+    host, _, port = fleet_address.rpartition(":")
+    state = Path(state_dir).resolve()
+    fed = LocalFederation(
+        state, [], app_dir=app_dir or PROJECT_ROOT, certs_dir=certs_dir, keys_dir=keys_dir,
+        fleet_host=host or "0.0.0.0", fleet_port=int(port), control_port=control_port,
+        join_timeout=join_timeout,
+    )
+    agg = Aggregator(
+        fed, rounds=rounds, checkpoint_dir=state / "checkpoints", multiproc_dir=state / "metrics",
+        run_config=run_config, min_nodes=min_nodes, metrics_port=metrics_port, metrics_host=metrics_host,
+        join_timeout=join_timeout, run_timeout=run_timeout, max_attempts=max_attempts,
+    )
+    code = 0
+    with sigterm_as_keyboard_interrupt():
+        try:
+            agg.start()
+            log.warning("aggregator: Fleet API %s (TLS), Control API %s, /metrics %s", fleet_address,
+                        fed.control_address, agg.status.metrics_url)
+            agg.train()
+            code = 0 if agg.status.state == "completed" else 1
+            log.warning("training %s: %d/%d rounds", agg.status.state, agg.status.completed_rounds, rounds)
+            if not exit_after_training:
+                agg.serve_forever()
+        except KeyboardInterrupt:
+            log.warning("aggregator: stopping")
+        except DeployError as exc:
+            log.error("aggregator: %s", exc)
+            code = 1
+        finally:
+            agg.stop()
+    return code
+
+
+# --------------------------------------------------------------------------------------------------
+# `iotad local-federation`: the whole stack on 127.0.0.1
+
+
+@dataclass
+class LocalStackEndpoints:
+    aggregator: str
+    devices: dict[str, str]
+    fleet: str
+    control: str
+
+
+def _write_targets(targets: Path, agg_port: int, device_ports: Mapping[str, int]) -> None:
+    """Prometheus file_sd files (monitoring/targets/README.md)."""
+    targets.mkdir(parents=True, exist_ok=True)
+    for old in targets.glob("*.json"):
+        old.unlink()
+    (targets / "aggregator.json").write_text(json.dumps([{"targets": [f"{HOST}:{agg_port}"]}]) + "\n")
+    for name, port in device_ports.items():
+        entry = [{"targets": [f"{HOST}:{port}"], "labels": {"device": name}}]
+        (targets / f"{name}.json").write_text(json.dumps(entry) + "\n")
+
+
+def run_local_stack(
+    workdir: Path | str,
+    devices: int = 3,
+    *,
+    rounds: int = 3,
+    rows_per_device: int = 4000,
+    keep_running: bool = False,
+    resume: bool = False,
+    local_epochs: int = 1,
+    rate: float = 100.0,
+    seed: int = 0,
+    run_timeout: float | None = 1800.0,
+    extra_run_config: Mapping[str, Any] | None = None,
+    agent_args: Sequence[str] = (),
+    out: Any = None,
+) -> list[RunResult]:
+    """Data, certificates, SuperLink, N SuperNodes + agents, the aggregator exporter; R rounds.
+
+    Everything lands in ``workdir``: ``data/``, ``certs/``, ``state/``, ``checkpoints/``, ``logs/``,
+    ``devices/<name>/{metrics,model,cache}``, ``targets/`` (Prometheus file_sd) and
+    ``endpoints.json``. Stops everything it started on return, on an exception, Ctrl-C or SIGTERM.
+    """
+    say = out or (lambda msg: print(msg, flush=True))
+    w = Path(workdir).resolve()
+    data = w / "data"
+    names = [f"device-{k}" for k in range(devices)]
+    if not (data / "dataset.json").exists() or not all((data / n / "traffic.csv").exists() for n in names):
+        from iotad.data.synthetic import write_synthetic
+
+        write_synthetic(data, devices, rows_per_device, seed)
+        say(f"wrote SYNTHETIC traffic: {devices} devices x {rows_per_device} rows -> {data}")
+    if not resume:  # a fresh federation: no checkpoints, no old bundles, no old SuperLink state
+        for stale in (w / "checkpoints", w / "state", *(w / "devices" / n / "model" for n in names)):
+            shutil.rmtree(stale, ignore_errors=True)
+        (w / "aggregator-status.json").unlink(missing_ok=True)
+
+    def dev_dir(name: str) -> Path:
+        return w / "devices" / name
+
+    def node_config(k: int, name: str) -> dict[str, Any]:
+        return {
+            "data-path": str(data / name / "traffic.csv"),
+            "device-name": name,
+            "model-dir": str(dev_dir(name) / "model"),
+            "cache-dir": str(dev_dir(name) / "cache"),
+        }
+
+    def device_env(k: int, name: str) -> dict[str, str]:
+        return {
+            telemetry.MULTIPROC_ENV: str(dev_dir(name) / "metrics"),
+            "IOTAD_DEVICE": name,
+            "IOTAD_MODEL_DIR": str(dev_dir(name) / "model"),
+            "IOTAD_CACHE_DIR": str(dev_dir(name) / "cache"),
+        }
+
+    fed = LocalFederation(w, names, node_config=node_config, device_env=device_env, min_online=devices)
+    agg = Aggregator(
+        fed, rounds=rounds, checkpoint_dir=w / "checkpoints", multiproc_dir=w / "aggregator" / "metrics",
+        run_config={"local-epochs": local_epochs, **(extra_run_config or {})}, min_nodes=devices,
+        metrics_port=free_port(), metrics_host=HOST, run_timeout=run_timeout, join_timeout=180.0,
+    )
+    results: list[RunResult] = []
+    with sigterm_as_keyboard_interrupt():
+        try:
+            agg.start()
+            device_ports: dict[str, int] = {}
+            for name in names:
+                telemetry.prepare_multiproc_dir(dev_dir(name) / "metrics", wipe=True)
+                fed.start_device(name)
+                port = free_port()
+                argv = [
+                    sys.executable, "-m", "iotad.cli", "-v", "agent", "--device", name,
+                    "--model-dir", str(dev_dir(name) / "model"), "--metrics-dir", str(dev_dir(name) / "metrics"),
+                    "--metrics-port", str(port), "--metrics-host", HOST,
+                    "--replay", str(data / name / "traffic.csv"), "--rate", str(rate), *agent_args,
+                ]
+                fed.registry.spawn(f"agent:{name}", argv, fed.logs / f"agent-{name}.log",
+                                   env=device_env(0, name))
+                device_ports[name] = port
+            assert agg.server is not None
+            _write_targets(w / "targets", agg.server.port, device_ports)
+            endpoints = LocalStackEndpoints(
+                aggregator=agg.server.url,
+                devices={n: f"http://{HOST}:{p}/metrics" for n, p in device_ports.items()},
+                fleet=fed.fleet_address, control=fed.control_address,
+            )
+            (w / "endpoints.json").write_text(json.dumps(asdict(endpoints), indent=2) + "\n")
+            say(f"Fleet API (gRPC, TLS): {fed.fleet_address}   Control API (HTTPS, loopback): {fed.control_address}")
+            say(f"aggregator /metrics: {endpoints.aggregator}")
+            for n, url in endpoints.devices.items():
+                say(f"{n} /metrics: {url}")
+            say(f"Prometheus file_sd targets: {w / 'targets'}   logs: {fed.logs}")
+            results = agg.train()
+            for k, att in enumerate(agg.status.attempts, start=1):
+                say(f"run attempt {k}: run {att.run_id} {att.status} (from round {att.resume_from_round}, "
+                    f"reason {att.reason or 'fresh'})")
+            say(f"training {agg.status.state}: {agg.status.completed_rounds}/{rounds} rounds; "
+                f"checkpoints in {w / 'checkpoints'}")
+            if keep_running:
+                say("serving metrics and detecting until interrupted (Ctrl-C)")
+                agg.serve_forever()
+        except KeyboardInterrupt:
+            say("interrupted: stopping everything")
+        finally:
+            agg.stop()
+    return results
