@@ -165,7 +165,9 @@ class ReplaySource:
         self.burst_rows = int(burst_rows)
         self.burst_every = float(burst_every)
         need_attacks = only_attacks or burst_rows > 0
-        self.attack_rows = self._attack_rows() if need_attacks else np.zeros(0, dtype=np.int64)
+        # Without bursts configured, attack rows are found on the first SIGUSR1 burst (lazily: a long
+        # replay file is not parsed twice at start for a burst that may never come).
+        self._attack_cache: np.ndarray | None = self._attack_rows() if need_attacks else None
         if need_attacks and len(self.attack_rows) == 0:
             raise ValueError(f"{self.path}: no attack rows to replay")
         self.order = self.attack_rows if only_attacks else np.arange(len(self.lines))
@@ -174,6 +176,15 @@ class ReplaySource:
         self._pending_burst = 0
         self._lock = threading.Lock()
         self.reset_clock()
+
+    @property
+    def attack_rows(self) -> np.ndarray:
+        """Data-row numbers of the attack rows (bursts, ``only_attacks``), found on first use."""
+        if self._attack_cache is None:
+            self._attack_cache = self._attack_rows()
+            if len(self._attack_cache) == 0:
+                log.warning("%s: no attack rows, bursts are ignored", self.path)
+        return self._attack_cache
 
     def _attack_rows(self) -> np.ndarray:
         """Data-row numbers of valid attack rows, through the loader (the one parser)."""
@@ -214,7 +225,9 @@ class ReplaySource:
             self._last_burst = now
             self.trigger_burst()
         with self._lock:
-            if self._pending_burst > 0 and len(self.attack_rows):
+            if self._pending_burst > 0:
+                if not len(self.attack_rows):
+                    self._pending_burst = 0
                 n = min(max_rows, self._pending_burst)
                 rows, self._burst_pos = self._take(self.attack_rows, self._burst_pos, n)
                 self._pending_burst -= len(rows)

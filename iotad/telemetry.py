@@ -100,6 +100,8 @@ UNITS = frozenset(
 )
 PHASES = ("train", "evaluate")
 FAILURE_REASONS = ("error", "missing")
+# Why the launcher resubmitted a run (iotad.aggregator.REASON_*).
+RESUME_REASONS = ("run_failed", "superlink_restart", "launcher_restart")
 
 Kind = Literal["counter", "gauge", "histogram"]
 GaugeMode = Literal["all", "liveall", "min", "livemin", "max", "livemax", "sum", "livesum", "mostrecent",
@@ -183,7 +185,7 @@ FL_SPECS: tuple[MetricSpec, ...] = (
     _g("model_size", "iotad_fl_model_size_bytes", "Size of the global model parameters.", (), _SA),
     _c("started_runs", "iotad_fl_started_runs_total", "Runs submitted from scratch.", (), _LA),
     _c("resumed_runs", "iotad_fl_resumed_runs_total",
-       "Runs resubmitted from the last checkpoint; reason e.g. run_failed, superlink_restart, timeout.",
+       "Runs resubmitted from the last checkpoint; reason run_failed, superlink_restart or launcher_restart.",
        ("reason",), _LA),
     _g("active_runs", "iotad_fl_active_runs", "1 while the launcher has a run in progress.", (), _LA,
        mode="livesum"),
@@ -600,8 +602,9 @@ class AggregatorTelemetry:
         m = self.metrics
         if resumed_reason is None:
             m.started_runs.inc()
-        else:
-            m.resumed_runs.labels(reason=resumed_reason).inc()
+        # Touch every reason: a fresh federation shows 0 resumes instead of no series at all.
+        for reason in dict.fromkeys((*RESUME_REASONS, *([resumed_reason] if resumed_reason else []))):
+            m.resumed_runs.labels(reason=reason).inc(1 if reason == resumed_reason else 0)
         m.planned_rounds.set(planned_rounds)
         m.active_runs.set(1)
         # Start of the stall clock: without it a run that never completes a round looks fine.

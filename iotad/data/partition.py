@@ -91,6 +91,19 @@ def _class_proportions(alpha: float, devices: int, seed: int) -> np.ndarray:
     return props
 
 
+def _source_kind(sources: list[Path]) -> str:
+    """``synthetic`` when any input comes from an ``iotad synth`` folder (its results must stay
+    labelled synthetic after re-partitioning), else ``edge-iiotset``."""
+    for src in sources:
+        for folder in (src.parent, src.parent.parent):
+            try:
+                if json.loads((folder / MARKER).read_text()).get("kind") == "synthetic":
+                    return "synthetic"
+            except (OSError, ValueError):
+                continue
+    return "edge-iiotset"
+
+
 def partition_csvs(
     paths: PathLike | Iterable[PathLike],
     devices: int,
@@ -195,7 +208,7 @@ def partition_csvs(
 
     names = [*TRAFFIC_TYPES, "<unreadable>"]
     marker = {
-        "kind": "edge-iiotset",
+        "kind": _source_kind(sources),
         "sources": [p.name for p in sources],
         "devices": devices,
         "split": "iid" if alpha is None else "dirichlet",

@@ -126,3 +126,11 @@ def test_real_files(tmp_path: Path, real: Path) -> None:
     loader = pytest.importorskip("iotad.data.loader")
     total = sum(loader.load_traffic(p, dedupe=False).rows_read for p in out)
     assert total == marker["rows_total"]
+
+
+def test_repartitioned_synthetic_data_stays_labelled_synthetic(tmp_path: Path) -> None:
+    from iotad.data.synthetic import write_synthetic
+
+    paths = write_synthetic(tmp_path / "synth", devices=2, rows_per_device=200, seed=0)
+    partition_csvs(paths, 2, tmp_path / "re", alpha=0.5, seed=0)
+    assert json.loads((tmp_path / "re" / "dataset.json").read_text())["kind"] == "synthetic"
