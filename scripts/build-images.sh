@@ -105,6 +105,7 @@ stage_context() {  # stage_context ARCH -> prints the dir
   for f in pyproject.toml README.md .dockerignore Dockerfile.server Dockerfile.client iotad server client; do
     [[ -e "$ROOT/$f" ]] && cp -a "$ROOT/$f" "$dir/"
   done
+  mkdir -p "$dir/scripts" && cp -a "$ROOT/scripts/gen-certs.sh" "$dir/scripts/"  # Dockerfile.server
   cp -al "$ROOT/wheelhouse/$arch" "$dir/wheelhouse/" 2>/dev/null || cp -a "$ROOT/wheelhouse/$arch" "$dir/wheelhouse/"
   find "$dir" -name __pycache__ -type d -prune -exec rm -rf {} +
   check_entrypoints "$dir"

@@ -2,7 +2,45 @@
 # Aggregator container: `iotad aggregator` (SuperLink with TLS + node auth + state database, run launcher
 # with resume-from-checkpoint, /metrics). Every setting comes from the environment; see server/README.md.
 # All writes go under IOTAD_STATE_DIR (the root filesystem is read-only).
+#
+# `entrypoint.sh init` (the compose one-shot service `init`): create what is missing, keep what exists.
+#   IOTAD_INIT_CERTS (/certs): scripts/gen-certs.sh for IOTAD_DEVICES devices (device-0..N-1), aggregator
+#     SANs IOTAD_CERT_DNS (space separated, default "aggregator"; 127.0.0.1 and localhost always), then
+#     pubkeys/<name>/node_key.pub of every devices/<name>/ (the public keys alone, for IOTAD_KEYS_DIR).
+#   IOTAD_INIT_DATA (/data): <name>/traffic.csv per device, `iotad synth` (IOTAD_ROWS_PER_DEVICE, IOTAD_SEED).
+#   Run as root (the bind-mounted ./certs may belong to anyone), it hands both trees to uid 10001.
 set -eu
+if [ "${1:-}" = init ]; then
+    certs="${IOTAD_INIT_CERTS:-/certs}" data="${IOTAD_INIT_DATA:-/data}" n="${IOTAD_DEVICES:-3}"
+    set --
+    for name in ${IOTAD_CERT_DNS:-aggregator}; do set -- "$@" --dns "$name"; done
+    "${IOTAD_GEN_CERTS:-gen-certs.sh}" "$@" --devices "$n" "$certs"
+    rm -rf "$certs/pubkeys.new"
+    for key in "$certs"/devices/*/node_key.pub; do   # every device, also those made by make-device-bundle.sh
+        name=$(basename "$(dirname "$key")")
+        mkdir -p "$certs/pubkeys.new/$name" && cp "$key" "$certs/pubkeys.new/$name/"
+    done
+    rm -rf "$certs/pubkeys" && mv "$certs/pubkeys.new" "$certs/pubkeys"
+    i=0 missing=0
+    while [ "$i" -lt "$n" ]; do [ -s "$data/device-$i/traffic.csv" ] || missing=1; i=$((i + 1)); done
+    if [ "$missing" = 1 ]; then
+        rm -rf "$data/.synth"
+        iotad synth --devices "$n" --rows-per-device "${IOTAD_ROWS_PER_DEVICE:-20000}" \
+            --seed "${IOTAD_SEED:-0}" --out "$data/.synth"
+        i=0
+        while [ "$i" -lt "$n" ]; do
+            [ -s "$data/device-$i/traffic.csv" ] || { rm -rf "$data/device-$i"; mv "$data/.synth/device-$i" "$data/"; }
+            i=$((i + 1))
+        done
+        cp "$data/.synth/SYNTHETIC.md" "$data/.synth/dataset.json" "$data/" 2>/dev/null || :
+        rm -rf "$data/.synth"
+        echo "created  $data/device-0 .. device-$((n - 1)) (missing ones)"
+    else
+        echo "kept     $data/device-0 .. device-$((n - 1))"
+    fi
+    if [ "$(id -u)" = 0 ]; then chown -R 10001:10001 "$certs" "$data"; fi
+    exit 0
+fi
 : "${IOTAD_STATE_DIR:=/var/lib/iotad}"
 mkdir -p "$IOTAD_STATE_DIR/tmp"
 export TMPDIR="$IOTAD_STATE_DIR/tmp"
