@@ -3,14 +3,19 @@
 Seed-style loop (what the original notebook did): a ``Dataset`` returning one row tensor per
 ``__getitem__``, a shuffling ``DataLoader`` with batch 32, ``MSELoss(reduction="sum")``, Adam 1e-3,
 ``loss.item()`` after every batch, the seed architecture with ``nn.Dropout``.
-iotad loop: :func:`iotad.train.train_autoencoder` (whole data as one tensor, per-epoch ``randperm``,
-large batches, loss kept on-tensor, one host sync per epoch, cheap dropout masks).
+iotad loop: :func:`iotad.train.train_autoencoder` (whole data as one tensor shuffled once per epoch into a
+reused buffer, batch 256, fused Adam, lr 4e-3 with a cosine schedule and warm-up, loss kept on-tensor, one
+host sync per epoch).
 
 Both start from the same initial weights, train on the same scaled normal rows with the same
-``torch.set_num_threads``, and are scored the same way: threshold at the 0.99 quantile of held-out normal
-errors, metrics on a labelled evaluation mix via :mod:`iotad.evaluation`. Each loop gets its own epoch
-count (defaults: seed 3, iotad 20) so that iotad's loop spends no more wall time than the seed loop;
-samples/s is the throughput, CPU samples/s (process CPU time) is robust to other load on the machine.
+``torch.set_num_threads``, and are scored the same way, the :class:`iotad.detector.Detector`'s way: the
+per-feature residual scale measured on the training rows weights the squared residuals (mean squared
+z-score), threshold at the 0.99 quantile of held-out normal scores, metrics on a labelled evaluation mix
+via :mod:`iotad.evaluation` (plain-MSE scoring is reported too, as ``quality_mse_mean``). Each loop gets its
+own epoch count (defaults: seed 3, iotad 15). Reported: samples/s (throughput) and the time ratio
+iotad / seed, which is the time-to-quality ratio when iotad's quality is at least the seed loop's (flagged
+in ``ratio.quality_at_least_seed``). CPU figures (process CPU time) are less sensitive to other load on the
+machine than wall figures.
 
 Run: ``python -m bench.bench_train`` (writes ``bench/results/train.json``, prints a markdown table).
 """
@@ -36,9 +41,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from iotad.evaluation import ClassHistograms, metrics_from_histograms
 from iotad.model import Autoencoder, FastDropout
-from iotad.preprocessing import FeatureStats, Scaler
+from iotad.preprocessing import FeatureStats, ResidualScale, Scaler
 from iotad.threshold import error_histogram, threshold_from_histogram
-from iotad.train import TrainConfig, reconstruction_errors, train_autoencoder
+from iotad.train import TrainConfig, reconstruction_errors, residual_sumsq, train_autoencoder
 
 RESULTS = Path(__file__).resolve().parent / "results" / "train.json"
 QUANTILE = 0.99
@@ -132,6 +137,7 @@ def fast_train(model: nn.Module, x: np.ndarray, cfg: TrainConfig) -> dict[str, A
         "epochs": cfg.epochs,
         "batch_size": cfg.batch_size,
         "lr": cfg.lr,
+        "lr_schedule": cfg.lr_schedule,
         "samples": res.samples,
         "wall_s": res.seconds,
         "cpu_s": time.process_time() - cpu,
@@ -139,10 +145,16 @@ def fast_train(model: nn.Module, x: np.ndarray, cfg: TrainConfig) -> dict[str, A
     }
 
 
-def quality(model: nn.Module, data: dict[str, np.ndarray]) -> dict[str, Any]:
-    threshold = threshold_from_histogram(error_histogram(reconstruction_errors(model, data["calibration"])), QUANTILE)
-    hist = ClassHistograms.of(reconstruction_errors(model, data["evaluation"]), data["evaluation_types"])
-    m = metrics_from_histograms(hist, threshold)
+def quality(model: nn.Module, data: dict[str, np.ndarray], *, detector_scoring: bool = True) -> dict[str, Any]:
+    """Detection metrics; ``detector_scoring``: residual-scale-weighted scores as :class:`Detector` does
+    (scale from the training rows), else plain per-row MSE."""
+    weights = None
+    if detector_scoring:
+        weights = ResidualScale(count=len(data["train"]), sumsq=residual_sumsq(model, data["train"])).weights
+    cal = reconstruction_errors(model, data["calibration"], feature_weights=weights)
+    threshold = threshold_from_histogram(error_histogram(cal), QUANTILE)
+    ev = reconstruction_errors(model, data["evaluation"], feature_weights=weights)
+    m = metrics_from_histograms(ClassHistograms.of(ev, data["evaluation_types"]), threshold)
     keys = ("roc_auc", "pr_auc", "f1", "precision", "recall", "fpr", "threshold")
     return {k: m[k] for k in keys}
 
@@ -157,6 +169,7 @@ def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "epochs": runs[0]["epochs"],
         "batch_size": runs[0]["batch_size"],
         "lr": runs[0]["lr"],
+        "lr_schedule": runs[0].get("lr_schedule", "constant"),
         "repeats": len(runs),
         "samples": samples,
         "wall_s": wall,
@@ -164,6 +177,7 @@ def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "samples_per_s": samples / wall,
         "cpu_samples_per_s": samples / cpu,
         "quality_mean": mean,
+        "quality_mse_mean": {k: _mean([r["quality_mse"][k] for r in runs]) for k in keys},
         "quality_range": {
             k: [min(v), max(v)] if (v := [r["quality"][k] for r in runs if r["quality"][k] is not None]) else None
             for k in keys
@@ -188,9 +202,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--data-seed", type=int, default=7)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed-epochs", type=int, default=3)
-    ap.add_argument("--epochs", type=int, default=20)
-    ap.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
-    ap.add_argument("--lr", type=float, default=TrainConfig.lr)
+    # Picked from a sweep (3 inits each, Detector scoring): batch 256 / lr 4e-3 / cosine / 15 epochs was the
+    # cheapest setting whose worst init still beat the seed loop's mean ROC-AUC and F1.
+    ap.add_argument("--epochs", type=int, default=15)
+    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--lr", type=float, default=4e-3)
+    ap.add_argument("--lr-schedule", choices=("constant", "cosine"), default="cosine")
+    ap.add_argument("--precision", choices=("fp32", "bf16", "auto"), default=TrainConfig.precision)
     ap.add_argument("--init-seed", type=int, default=0)
     ap.add_argument("--repeats", type=int, default=3, help="init seeds per loop (quality is noisy)")
     ap.add_argument("--wait", type=float, default=1800, help="seconds to wait for the data modules")
@@ -203,7 +221,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     data = {k: (scaler.transform(v) if k != "evaluation_types" else v) for k, v in raw.items()}
     n_features = data["train"].shape[1]
 
-    cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr)
+    cfg = TrainConfig(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        lr_schedule=args.lr_schedule,
+        precision=args.precision,
+        fused=True,
+    )
     runs: dict[str, list[dict[str, Any]]] = {"seed": [], "iotad": []}
     for rep in range(args.repeats):
         init_seed = args.init_seed + rep
@@ -222,6 +247,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 run = fast_train(model, data["train"], replace(cfg, seed=init_seed))
             run["init_seed"] = init_seed
             run["quality"] = quality(model, data)
+            run["quality_mse"] = quality(model, data, detector_scoring=False)
             runs[name].append(run)
     seed_run, fast_run = _summary(runs["seed"]), _summary(runs["iotad"])
 
@@ -247,6 +273,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "n_features": n_features,
         },
         "budget": "each loop its own epochs (seed-style: --seed-epochs, iotad: --epochs); same data, init, threads",
+        "scoring": "Detector: residual-scale-weighted squared residuals (quality_mean); plain MSE: quality_mse_mean",
         "threads": args.threads,
         "quality_threshold_quantile": QUANTILE,
         "seed_loop": seed_run,
@@ -255,6 +282,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "samples_per_s": fast_run["samples_per_s"] / seed_run["samples_per_s"],
             "cpu_samples_per_s": fast_run["cpu_samples_per_s"] / seed_run["cpu_samples_per_s"],
             "wall_s": fast_run["wall_s"] / seed_run["wall_s"],
+            "cpu_s": fast_run["cpu_s"] / seed_run["cpu_s"],
+            "quality_at_least_seed": {
+                k: fast_run["quality_mean"][k] >= seed_run["quality_mean"][k] for k in ("roc_auc", "pr_auc", "f1")
+            },
         },
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -263,20 +294,30 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     rows = [("seed-style (batch 32, DataLoader)", seed_run), ("iotad train_autoencoder", fast_run)]
     print(
         f"torch threads: {args.threads}; train rows: {len(data['train']):,}; data: synthetic; "
-        f"{args.repeats} init seeds per loop (time summed, quality averaged)\n"
+        f"{args.repeats} init seeds per loop (time summed, quality averaged; Detector scoring, MSE scoring "
+        f"in brackets)\n"
     )
-    print("| loop | epochs | batch | wall s | samples/s | CPU samples/s | ROC-AUC | PR-AUC | F1 |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| loop | epochs | batch | lr | wall s | CPU s | samples/s | CPU samples/s | ROC-AUC | PR-AUC | F1 |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for name, r in rows:
-        q = r["quality_mean"]
+        q, qm = r["quality_mean"], r["quality_mse_mean"]
         print(
-            f"| {name} | {r['epochs']} | {r['batch_size']} | {r['wall_s']:.1f} | {r['samples_per_s']:,.0f} "
-            f"| {r['cpu_samples_per_s']:,.0f} | {_fmt(q['roc_auc'])} | {_fmt(q['pr_auc'])} | {_fmt(q['f1'])} |"
+            f"| {name} | {r['epochs']} | {r['batch_size']} | {r['lr']:g} {r['lr_schedule']} | {r['wall_s']:.1f} "
+            f"| {r['cpu_s']:.1f} | {r['samples_per_s']:,.0f} | {r['cpu_samples_per_s']:,.0f} "
+            f"| {_fmt(q['roc_auc'])} ({_fmt(qm['roc_auc'])}) | {_fmt(q['pr_auc'])} ({_fmt(qm['pr_auc'])}) "
+            f"| {_fmt(q['f1'])} ({_fmt(qm['f1'])}) |"
         )
     rt = result["ratio"]
+    ok = all(rt["quality_at_least_seed"].values())
+    verdict = (
+        "time-to-quality: iotad quality >= seed on ROC-AUC, PR-AUC and F1"
+        if ok
+        else f"quality NOT >= seed on every metric: {rt['quality_at_least_seed']}"
+    )
     print(
         f"\nthroughput ratio: {rt['samples_per_s']:.1f}x (wall), {rt['cpu_samples_per_s']:.1f}x (CPU time); "
-        f"iotad wall time = {rt['wall_s']:.2f} x seed wall time"
+        f"time ratio iotad / seed: {rt['wall_s']:.2f} (wall), {rt['cpu_s']:.2f} (CPU) "
+        f"({verdict})"
     )
     print(f"written: {args.out}")
     return result

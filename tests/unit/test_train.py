@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -9,8 +11,10 @@ import torch
 from iotad.model import Autoencoder
 from iotad.train import (
     TrainConfig,
+    bf16_supported,
     effective_batch_size,
     get_weights,
+    lr_schedule,
     reconstruction_errors,
     set_weights,
     train_autoencoder,
@@ -31,7 +35,7 @@ def _model(d: int = 12, seed: int = 0) -> Autoencoder:
 
 def test_training_reduces_loss_and_reports_counts() -> None:
     x = _data()
-    cfg = TrainConfig(epochs=15, batch_size=256, lr=3e-3, seed=1, threads=1)
+    cfg = TrainConfig(epochs=15, batch_size=256, lr=3e-3, seed=1, threads=1, lr_schedule="constant")
     res = train_autoencoder(_model(), x, cfg)
     assert len(res.epoch_losses) == 15
     assert res.samples == 15 * len(x)
@@ -140,3 +144,70 @@ def test_set_weights_rejects_wrong_shapes() -> None:
 def test_rejects_empty_data() -> None:
     with pytest.raises(ValueError, match="no training rows"):
         train_autoencoder(_model(), np.zeros((0, 12), np.float32), TrainConfig(epochs=1))
+
+
+def test_cosine_schedule_warms_up_then_decays() -> None:
+    cfg = TrainConfig(lr=1e-2, lr_schedule="cosine", warmup=0.1, final_lr=0.02)
+    lrs = lr_schedule(cfg, 100)
+    assert len(lrs) == 100
+    assert lrs[0] == pytest.approx(1e-2 * (0.1 + 0.9 / 10))
+    assert max(lrs) == pytest.approx(1e-2)
+    assert lrs[9] == pytest.approx(1e-2)  # end of warm-up
+    assert all(a >= b for a, b in itertools.pairwise(lrs[9:]))  # then non-increasing
+    assert lrs[-1] == pytest.approx(2e-4)
+    assert lr_schedule(TrainConfig(lr=3e-3, lr_schedule="constant"), 5) == [3e-3] * 5
+    assert lr_schedule(TrainConfig(lr_schedule="cosine"), 0) == []
+
+
+def test_bad_schedule_or_precision_is_rejected() -> None:
+    with pytest.raises(ValueError, match="lr_schedule"):
+        train_autoencoder(_model(), _data(100), TrainConfig(epochs=0, lr_schedule="step"))
+    with pytest.raises(ValueError, match="precision"):
+        train_autoencoder(_model(), _data(100), TrainConfig(epochs=1, precision="fp8"))
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_cosine_training_learns_and_is_seeded(fused: bool) -> None:
+    x = _data()
+    cfg = TrainConfig(epochs=15, batch_size=128, lr=1e-2, lr_schedule="cosine", fused=fused, seed=2, threads=1)
+    weights = []
+    for _ in range(2):
+        model = _model()
+        res = train_autoencoder(model, x, cfg)
+        assert res.epoch_losses[-1] < 0.5 * res.epoch_losses[0]
+        weights.append(get_weights(model))
+    assert all(np.array_equal(a, b) for a, b in zip(weights[0], weights[1], strict=True))
+
+
+def test_fused_and_foreach_adam_agree() -> None:
+    x = _data(600)
+    out = []
+    for fused in (True, False):
+        model = _model()
+        train_autoencoder(model, x, TrainConfig(epochs=2, batch_size=64, lr=1e-3, fused=fused, threads=1))
+        out.append(get_weights(model))
+    for a, b in zip(out[0], out[1], strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-4)
+
+
+def test_fedprox_works_with_cosine_schedule() -> None:
+    x = _data(1000, seed=5)
+    start = get_weights(_model(seed=7))
+
+    def drift(mu: float) -> float:
+        model = _model()
+        set_weights(model, start)
+        cfg = TrainConfig(epochs=5, batch_size=128, lr=1e-2, lr_schedule="cosine", proximal_mu=mu, threads=1)
+        train_autoencoder(model, x, cfg, global_params=start)
+        return float(sum(np.sum((a - b) ** 2) for a, b in zip(get_weights(model), start, strict=True)))
+
+    assert drift(10.0) < 0.5 * drift(0.0)
+
+
+@pytest.mark.skipif(not bf16_supported(), reason="no native bf16 on this CPU")
+def test_bf16_autocast_trains() -> None:
+    x = _data()
+    model = _model()
+    res = train_autoencoder(model, x, TrainConfig(epochs=15, batch_size=128, lr=1e-2, precision="bf16", threads=1))
+    assert res.epoch_losses[-1] < 0.5 * res.epoch_losses[0]
+    assert all(p.dtype == torch.float32 for p in model.parameters())
