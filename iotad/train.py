@@ -262,6 +262,21 @@ def _use_bf16(precision: str) -> bool:
     raise ValueError(f"unknown precision {precision!r} (expected 'fp32', 'bf16' or 'auto')")
 
 
+def _residual_batches(
+    model: nn.Module, xt: torch.Tensor, batch_size: int
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """``(first row, reconstruction - input)`` per batch, in eval mode without autograd."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for start in range(0, xt.shape[0], batch_size):
+                xb = xt[start : start + batch_size]
+                yield start, model(xb) - xb
+    finally:
+        model.train(was_training)
+
+
 def reconstruction_errors(
     model: nn.Module,
     x: np.ndarray,
@@ -282,17 +297,10 @@ def reconstruction_errors(
         if w.shape != (xt.shape[1],):
             raise ValueError(f"feature_weights has shape {tuple(w.shape)}, expected ({xt.shape[1]},)")
     out = np.empty(xt.shape[0], dtype=np.float64)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            for s in range(0, xt.shape[0], batch_size):
-                xb = xt[s : s + batch_size]
-                sq = (model(xb) - xb) ** 2
-                err = torch.mean(sq, dim=1) if w is None else sq @ w
-                out[s : s + xb.shape[0]] = err.double().numpy()
-    finally:
-        model.train(was_training)
+    for start, residual in _residual_batches(model, xt, batch_size):
+        sq = residual**2
+        err = torch.mean(sq, dim=1) if w is None else sq @ w
+        out[start : start + residual.shape[0]] = err.double().numpy()
     return out
 
 
@@ -303,15 +311,8 @@ def residual_sumsq(model: nn.Module, x: np.ndarray, batch_size: int = SCORE_BATC
     """
     xt = _as_tensor(x)
     total = torch.zeros(xt.shape[1], dtype=torch.float64)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            for s in range(0, xt.shape[0], batch_size):
-                xb = xt[s : s + batch_size]
-                total += torch.sum((model(xb) - xb).double() ** 2, dim=0)
-    finally:
-        model.train(was_training)
+    for _, residual in _residual_batches(model, xt, batch_size):
+        total += torch.sum(residual.double() ** 2, dim=0)
     return total.numpy()
 
 

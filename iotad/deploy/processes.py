@@ -189,9 +189,9 @@ class ManagedProcess:
             return ""
 
 
-def tagged_pids(tag: str) -> list[int]:
-    """PIDs of live processes whose environment carries ``IOTAD_DEPLOY_TAG=<tag>`` (Linux /proc)."""
-    needle = f"{TAG_ENV}={tag}".encode()
+def pids_with_env(name: str, value: str) -> list[int]:
+    """PIDs of live processes (not zombies, not this one) whose environment has ``name=value`` (Linux /proc)."""
+    needle = f"{name}={value}".encode()
     me = os.getpid()
     pids = []
     for entry in Path("/proc").iterdir():
@@ -205,6 +205,11 @@ def tagged_pids(tag: str) -> list[int]:
         if state != "Z" and needle in environ.split(b"\0"):
             pids.append(int(entry.name))
     return pids
+
+
+def tagged_pids(tag: str) -> list[int]:
+    """PIDs of live processes whose environment carries ``IOTAD_DEPLOY_TAG=<tag>``."""
+    return pids_with_env(TAG_ENV, tag)
 
 
 class ProcessRegistry:

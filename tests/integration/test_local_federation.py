@@ -26,6 +26,8 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from iotad.deploy.processes import pids_with_env
+
 pytestmark = pytest.mark.integration
 
 MARK_ENV = "IOTAD_TEST_STACK"
@@ -34,19 +36,7 @@ Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 def marked_pids(mark: str) -> list[int]:
     """Live processes whose environment carries ``IOTAD_TEST_STACK=<mark>``."""
-    needle = f"{MARK_ENV}={mark}".encode()
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            environ = (entry / "environ").read_bytes()
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if state != "Z" and needle in environ.split(b"\0"):
-            pids.append(int(entry.name))
-    return pids
+    return pids_with_env(MARK_ENV, mark)
 
 
 @dataclass
