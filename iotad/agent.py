@@ -32,13 +32,11 @@ from typing import IO, TYPE_CHECKING, Protocol
 import numpy as np
 
 from iotad import telemetry
-from iotad.data.encoding import COLUMN_COUNT, SchemaError, encode_frame
-from iotad.data.loader import _TYPE_NAMES, _parse_lines, _split_block, check_header
+from iotad.data.encoding import SchemaError
+from iotad.data.loader import check_header, encode_lines
 from iotad.data.schema import (
-    CATEGORICAL_COLUMNS,
     FEATURE_NAMES,
     LABEL_COLUMN,
-    NUMERIC_COLUMNS,
     REJECT_REASONS,
     TYPE_COLUMN,
 )
@@ -387,16 +385,9 @@ class EncodedBlock:
 def encode_block(block: RawBlock) -> EncodedBlock:
     """Raw lines -> encoded rows, exactly as the loader does it for a file chunk (no deduplication:
     live traffic repeats itself legitimately)."""
-    labelled = block.labelled
-    lines = _split_block(block.data, len(block.header), 0)
-    usecols = [*NUMERIC_COLUMNS, *CATEGORICAL_COLUMNS, *((LABEL_COLUMN, TYPE_COLUMN) if labelled else ())]
-    encoded = encode_frame(_parse_lines(lines, block.header, usecols), labelled=labelled)
-    counts = np.bincount(encoded.reason, minlength=len(REJECT_REASONS) + 1)
-    rejected = {r: int(counts[c]) for c, r in enumerate(REJECT_REASONS, start=1) if c != COLUMN_COUNT}
-    rejected[REJECT_REASONS[COLUMN_COUNT - 1]] = lines.bad_width
-    keep = encoded.reason == 0
-    types = _TYPE_NAMES[encoded.type_codes[keep]] if labelled else None
-    return EncodedBlock(encoded.features[keep], types, lines.rows, rejected)
+    traffic = encode_lines(block.data, block.header, labelled=block.labelled)
+    types = traffic.attack_types if block.labelled else None
+    return EncodedBlock(traffic.features, types, traffic.rows_read, traffic.rejected)
 
 
 @dataclass

@@ -52,6 +52,7 @@ __all__ = [
     "REJECT_REASONS",
     "SchemaError",
     "Traffic",
+    "encode_lines",
     "iter_traffic",
     "load_traffic",
     "read_header",
@@ -228,30 +229,41 @@ def _iter_chunks(paths: Paths, chunk_rows: int, labelled: bool) -> Iterator[_Chu
         header = read_header(path)
         check_header(path, header, labelled=labelled)
         headers.append(header)
-    usecols = [*NUMERIC_COLUMNS, *CATEGORICAL_COLUMNS, *((LABEL_COLUMN, TYPE_COLUMN) if labelled else ())]
     next_row = 0
     for path, header in zip(files, headers, strict=True):
         with _open(path) as f:
             f.readline(1 << 20)
             for block in _line_blocks(f, chunk_rows):
-                lines = _split_block(block, len(header), next_row)
-                next_row += lines.rows
-                encoded = encode_frame(_parse_lines(lines, header, usecols), labelled=labelled)
-                rejected = _no_rejects()
-                rejected["column_count"] = lines.bad_width
-                counts = np.bincount(encoded.reason, minlength=len(REJECT_REASONS) + 1)
-                for code, reason in enumerate(REJECT_REASONS, start=1):
-                    if code != COLUMN_COUNT:
-                        rejected[reason] += int(counts[code])
-                keep = encoded.reason == 0
-                yield _Chunk(
-                    features=encoded.features[keep] if not keep.all() else encoded.features,
-                    labels=encoded.labels[keep],
-                    type_codes=encoded.type_codes[keep],
-                    row_index=lines.good_rows[keep],
-                    rejected=rejected,
-                    rows_read=lines.rows,
-                )
+                chunk = _encode_block(block, header, next_row, labelled)
+                next_row += chunk.rows_read
+                yield chunk
+
+
+def _encode_block(block: bytes, header: list[str], first_row: int, labelled: bool) -> _Chunk:
+    lines = _split_block(block, len(header), first_row)
+    usecols = [*NUMERIC_COLUMNS, *CATEGORICAL_COLUMNS, *((LABEL_COLUMN, TYPE_COLUMN) if labelled else ())]
+    encoded = encode_frame(_parse_lines(lines, header, usecols), labelled=labelled)
+    rejected = _no_rejects()
+    rejected["column_count"] = lines.bad_width
+    counts = np.bincount(encoded.reason, minlength=len(REJECT_REASONS) + 1)
+    for code, reason in enumerate(REJECT_REASONS, start=1):
+        if code != COLUMN_COUNT:
+            rejected[reason] += int(counts[code])
+    keep = encoded.reason == 0
+    return _Chunk(
+        features=encoded.features[keep] if not keep.all() else encoded.features,
+        labels=encoded.labels[keep],
+        type_codes=encoded.type_codes[keep],
+        row_index=lines.good_rows[keep],
+        rejected=rejected,
+        rows_read=lines.rows,
+    )
+
+
+def encode_lines(block: bytes, header: list[str], *, labelled: bool = True, first_row: int = 0) -> Traffic:
+    """Encode raw CSV lines (no header line) exactly as the loader encodes a file chunk, rejects
+    counted per reason, no deduplication: what a live scorer reading appended lines needs."""
+    return _to_traffic(_encode_block(block, header, first_row, labelled))
 
 
 def _to_traffic(chunk: _Chunk) -> Traffic:
