@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from iotad.data.device import load_device_splits
 from iotad.data.loader import Traffic, load_traffic
@@ -72,9 +73,10 @@ def run_centralized(
         raise ValueError("no normal rows to train on after cleaning (see the rejected-row counts)")
 
     cfg = TrainConfig(epochs=epochs, seed=seed)
-    detector = Detector(N_FEATURES, feature_names=FEATURE_NAMES).fit(
-        train.features, calibration.features, cfg, quantile
-    )
+    with torch.random.fork_rng():  # seeded initial weights: the same command gives the same model
+        torch.manual_seed(seed)
+        detector = Detector(N_FEATURES, feature_names=FEATURE_NAMES)
+    detector.fit(train.features, calibration.features, cfg, quantile)
     detector.metadata = {"source": "centralized"}
     assert detector.threshold is not None and detector.train_result is not None
     histograms = class_histograms(detector, evaluation)
