@@ -166,7 +166,7 @@ def requires(fname):
         text = z.read(meta).decode()
     return [l.split(":", 1)[1].strip() for l in text.splitlines() if l.startswith("Requires-Dist:")]
 
-top = [Requirement(l) for l in open(os.path.join(out, "requirements.in")) if l.strip() and not l.startswith("#")]
+top = [Requirement(l.strip()) for l in open(os.path.join(out, "requirements.in")) if l.strip() and not l.startswith("#")]
 done = {}  # name -> extras whose requirements were followed ("" = the base requirements)
 todo = list(top)
 problems = []
