@@ -12,6 +12,7 @@ residuals on normal rows (and a count), merged by summation, give the per-featur
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -107,10 +108,7 @@ class FeatureStats:
         """Merge any number of parts (at least one)."""
         if not parts:
             raise ValueError("no statistics to merge")
-        out = parts[0]
-        for p in parts[1:]:
-            out = out.merge(p)
-        return out
+        return functools.reduce(FeatureStats.merge, parts)
 
     @property
     def mean(self) -> np.ndarray:
@@ -277,10 +275,7 @@ class ResidualScale:
         """Merge any number of parts (at least one)."""
         if not parts:
             raise ValueError("no residual statistics to merge")
-        out = parts[0]
-        for p in parts[1:]:
-            out = out.merge(p)
-        return out
+        return functools.reduce(ResidualScale.merge, parts)
 
     @property
     def variance(self) -> np.ndarray:

@@ -25,7 +25,7 @@ from flwr.serverapp.strategy import FedAvg, FedMedian, FedProx, FedTrimmedAvg, K
 
 from iotad.checkpoint import Checkpoint, CheckpointStore, RoundRecord
 from iotad.evaluation import ClassHistograms, metrics_from_histograms
-from iotad.preprocessing import ResidualScale, Scaler
+from iotad.preprocessing import FeatureStats, ResidualScale, Scaler
 from iotad.records import (
     config_float,
     confusion_from_metrics,
@@ -185,11 +185,7 @@ class FederatedTraining:
         replies = self._query_all("feature_stats", RecordDict({"config": config}), nodes)
         if len(replies) < self.cfg.min_nodes:
             raise RuntimeError(f"only {len(replies)} devices sent feature statistics; need {self.cfg.min_nodes}")
-        parts = [stats_from_metrics(_metrics(r)) for r in replies]
-        merged = parts[0]
-        for part in parts[1:]:
-            merged = merged.merge(part)
-        return Scaler.from_stats(merged)
+        return Scaler.from_stats(FeatureStats.merge_all([stats_from_metrics(_metrics(r)) for r in replies]))
 
     def residual_scale(self, arrays: ArrayRecord, scaler: Scaler, server_round: int) -> ResidualScale:
         """Merge the devices' per-feature residual statistics: the weights of the anomaly score."""
