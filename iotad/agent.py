@@ -13,6 +13,9 @@ Rows go through the data layer's own parsing and encoding (the loader's line spl
 :func:`iotad.data.encoding.encode_frame`) in small batches; bad rows are counted per reason and
 skipped, never fatal. Until the first bundle exists the agent waits; while a new bundle loads it keeps
 scoring with the old one.
+
+Scoring is numpy only (:class:`iotad.inference.NumpyDetector`): the agent never imports torch, which
+would add a few hundred MB to an always-on process that only needs one small forward pass per batch.
 """
 
 from __future__ import annotations
@@ -27,11 +30,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import IO, TYPE_CHECKING, Protocol
+from typing import IO, Protocol
 
 import numpy as np
 
 from iotad import telemetry
+from iotad.bundle import BundleError
 from iotad.data.encoding import SchemaError
 from iotad.data.loader import check_header, encode_lines
 from iotad.data.schema import (
@@ -40,9 +44,7 @@ from iotad.data.schema import (
     REJECT_REASONS,
     TYPE_COLUMN,
 )
-
-if TYPE_CHECKING:
-    from iotad.detector import Detector
+from iotad.inference import NumpyDetector, Scorer, set_blas_threads
 
 log = logging.getLogger(__name__)
 
@@ -54,15 +56,31 @@ DEFAULT_BATCH = 256
 # Model bundle watching
 
 
+#: Loads a bundle directory for scoring (checked against the schema's features).
+Loader = Callable[[Path], Scorer]
+
+
+def load_numpy_detector(model_dir: Path) -> Scorer:
+    """The agent's loader: the torch-free :class:`NumpyDetector`, checked against the schema's features."""
+    return NumpyDetector.load(model_dir, feature_names=FEATURE_NAMES)
+
+
 class BundleWatcher:
     """Notices a new global bundle in ``model_dir`` (a ``stat`` of ``bundle.json`` per poll) and loads it.
 
     The ClientApp writes the bundle with an atomic directory swap, so the stat changes exactly when a
-    complete new bundle is in place; :meth:`Detector.load` retries if it changes while being read.
+    complete new bundle is in place; :func:`iotad.bundle.read_bundle` retries if it changes while being read.
+
+    Parameters
+    ----------
+    loader
+        Builds the detector from the bundle directory; :func:`load_numpy_detector` by default (benchmarks
+        pass the torch :class:`iotad.detector.Detector`'s to compare).
     """
 
-    def __init__(self, model_dir: Path | str) -> None:
+    def __init__(self, model_dir: Path | str, loader: Loader = load_numpy_detector) -> None:
         self.model_dir = Path(model_dir)
+        self.loader = loader
         self._signature: tuple[int, int, int] | None = None
         self._failed: tuple[int, int, int] | None = None
 
@@ -73,15 +91,13 @@ class BundleWatcher:
             return None
         return (st.st_ino, st.st_mtime_ns, st.st_size)
 
-    def check(self) -> Detector | None:
+    def check(self) -> Scorer | None:
         """Return a newly loaded detector if the bundle changed since the last load, else None."""
         sig = self._stat()
         if sig is None or sig == self._signature or sig == self._failed:
             return None
-        from iotad.detector import BundleError, Detector
-
         try:
-            det = Detector.load(self.model_dir, feature_names=FEATURE_NAMES)
+            det = self.loader(self.model_dir)
         except (BundleError, OSError, ValueError) as exc:
             log.warning("model bundle in %s not loadable (keeping the current one): %s", self.model_dir, exc)
             self._failed = sig
@@ -415,6 +431,8 @@ class Agent:
         Where the ClientApp's evaluate handler writes the global bundle.
     telemetry_
         The device's recorder (a fresh registry in tests).
+    loader
+        Builds the detector from the bundle directory (see :class:`BundleWatcher`).
     """
 
     def __init__(
@@ -427,15 +445,16 @@ class Agent:
         poll_interval: float = 1.0,
         idle_sleep: float = 0.05,
         keep_latencies: int = 0,
+        loader: Loader = load_numpy_detector,
     ) -> None:
         self.source = source
-        self.watcher = BundleWatcher(model_dir)
+        self.watcher = BundleWatcher(model_dir, loader)
         self.telemetry = telemetry_
         self.batch_size = batch_size
         self.poll_interval = poll_interval
         self.idle_sleep = idle_sleep
         self.keep_latencies = keep_latencies
-        self.detector: Detector | None = None
+        self.detector: Scorer | None = None
         self.stats = AgentStats()
         self.stop_event = threading.Event()
         self._watch_thread: threading.Thread | None = None
@@ -557,7 +576,7 @@ class AgentOptions:
     burst_every: float = 0.0
     from_start: bool = False
     poll_interval: float = 1.0
-    threads: int = 1
+    threads: int = 1  # numpy BLAS threads for scoring (iotad.inference.set_blas_threads)
 
 
 def make_source(opts: AgentOptions) -> ReplaySource | TailSource:
@@ -573,17 +592,20 @@ def make_source(opts: AgentOptions) -> ReplaySource | TailSource:
     return TailSource(opts.tail, from_start=opts.from_start)
 
 
-def run_agent(opts: AgentOptions) -> int:
-    """Serve /metrics, watch the model directory, score until SIGTERM/SIGINT. Returns the exit code."""
+def run_agent(opts: AgentOptions, *, loader: Loader = load_numpy_detector) -> int:
+    """Serve /metrics, watch the model directory, score until SIGTERM/SIGINT. Returns the exit code.
+
+    ``loader`` builds the detector (the torch-free :func:`load_numpy_detector` unless a benchmark compares).
+    """
     telemetry.configure_multiprocess(opts.metrics_dir)  # None: keep $PROMETHEUS_MULTIPROC_DIR if set
     source = make_source(opts)
-    import torch
-
-    torch.set_num_threads(max(1, opts.threads))  # one core: the rest of the box runs the ClientApps
+    if not set_blas_threads(opts.threads):  # one core: the rest of the box runs the ClientApps
+        log.warning("--threads %d not applied: numpy's BLAS is not an OpenBLAS this agent can reach", opts.threads)
     dev = telemetry.DeviceTelemetry(opts.device)
     server = telemetry.serve_metrics(opts.metrics_port, opts.metrics_host)
     log.warning("agent %s: /metrics on %s; model dir %s", opts.device, server.url, opts.model_dir)
-    agent = Agent(source, opts.model_dir, dev, batch_size=opts.batch_size, poll_interval=opts.poll_interval)
+    agent = Agent(source, opts.model_dir, dev, batch_size=opts.batch_size, poll_interval=opts.poll_interval,
+                  loader=loader)
 
     def on_stop(signum: int, frame: FrameType | None) -> None:
         agent.stop_event.set()

@@ -38,11 +38,6 @@ DEFAULT_METRICS_PORT = 9400
 DEFAULT_FLEET_PORT = 9092
 DEFAULT_CONTROL_PORT = 9093
 
-REASON_SUPERLINK = "superlink_restart"
-REASON_FAILED = "run_failed"
-REASON_LAUNCHER = "launcher_restart"
-
-
 def latest_round(checkpoint_dir: Path) -> int:
     """Round of the last complete checkpoint (0: none). Reads ``latest.json`` only (no torch)."""
     try:
@@ -212,9 +207,9 @@ class Aggregator:
         if done >= self.rounds or (previous is not None and previous.succeeded):
             return None
         if previous is None:
-            reason = REASON_LAUNCHER if done > 0 else None
+            reason = telemetry.RESUME_LAUNCHER_RESTART if done > 0 else None
         else:
-            reason = REASON_FAILED if self._superlink_alive() else REASON_SUPERLINK
+            reason = telemetry.RESUME_RUN_FAILED if self._superlink_alive() else telemetry.RESUME_SUPERLINK_RESTART
             log.warning("run %s ended %s (%s); resubmitting from round %d", previous.run_id, previous.status,
                         previous.details, done)
         self.telemetry.run_started(planned_rounds=self.rounds, resumed_reason=reason)

@@ -245,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--burst-every", type=float, default=0.0, help="seconds between bursts (0: only on SIGUSR1)")
     s.add_argument("--from-start", action="store_true", help="tail: score the rows already in the file")
     s.add_argument("--poll", type=float, default=1.0, help="seconds between model-bundle checks")
-    s.add_argument("--threads", type=int, default=1, help="torch threads for scoring")
+    s.add_argument("--threads", type=int, default=1, help="BLAS threads for scoring (numpy)")
     s.set_defaults(func=_agent)
 
     s = sub.add_parser("aggregator", help="aggregator: SuperLink (TLS, node auth), run supervision, /metrics")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import time
+import zlib
 from pathlib import Path
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -38,6 +39,15 @@ def device_name(context: Context) -> str:
     """The node's ``device-name``, else ``$IOTAD_DEVICE`` (what the agent uses), else device-<partition-id>."""
     name = context.node_config.get("device-name") or os.environ.get("IOTAD_DEVICE")
     return str(name or f"device-{context.node_config.get('partition-id', 0)}")
+
+
+def training_seed(config: ConfigRecord, context: Context) -> int:
+    """Seed of a device's local shuffling: fixed by the run's model seed, the round and the device's name.
+
+    Not the node id, which Flower draws at random: the same run on the same devices trains the same model.
+    """
+    device = zlib.crc32(device_name(context).encode()) % 1000
+    return config_int(config, "model-seed", 0) * 1_000_000 + config_int(config, "server-round", 0) * 1000 + device
 
 
 def _telemetry(context: Context) -> DeviceTelemetry:
@@ -82,12 +92,17 @@ def train(msg: Message, context: Context) -> Message:
     config = msg.content.config_records["config"]
     splits = _splits(msg, context)
     defaults = TrainConfig()
+    server_round = config_int(config, "server-round", 1)
+    rounds = max(config_int(config, "num-server-rounds", 1), 1)
     cfg = TrainConfig(
         epochs=config_int(config, "local-epochs", defaults.epochs),
         batch_size=config_int(config, "batch-size", defaults.batch_size),
         lr=config_float(config, "learning-rate", defaults.lr),
         proximal_mu=config_float(config, "proximal-mu", 0.0),
-        seed=config_int(config, "server-round", 0) + int(context.node_id % 1000),
+        seed=training_seed(config, context),
+        # Round r of R trains part r-1 of one run-wide learning-rate schedule (see TrainConfig).
+        schedule_part=min(max(server_round - 1, 0), rounds - 1),
+        schedule_parts=rounds,
     )
     weights, result = local_steps.train(
         splits, msg.content.array_records["arrays"].to_numpy_ndarrays(), scaler_from_config(config), cfg

@@ -16,8 +16,8 @@ Bundle layout (a directory)::
 
 :meth:`Detector.save` writes a temporary sibling directory and swaps it in with one rename (an atomic
 exchange on Linux when the bundle already exists), because a device agent may hot-reload the bundle
-while it is being rewritten. :meth:`Detector.load` checks the weights' sha256 and retries when the
-bundle changed under it.
+while it is being rewritten. :meth:`Detector.load` reads it with :func:`iotad.bundle.read_bundle`, which
+checks the weights' sha256 and retries when the bundle changed under it.
 """
 
 from __future__ import annotations
@@ -25,18 +25,27 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import hashlib
-import io
 import json
 import os
 import shutil
 import tempfile
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+# The bundle format lives in iotad.bundle (torch-free); its names stay importable from here.
+from iotad.bundle import (
+    BUNDLE_FORMAT,
+    BUNDLE_JSON,
+    BUNDLE_VERSION,
+    DEFAULT_QUANTILE,
+    WEIGHTS_NPZ,
+    Bundle,
+    BundleError,
+    read_bundle,
+)
 from iotad.model import DEFAULT_DROPOUT, DEFAULT_HIDDEN, Autoencoder
 from iotad.preprocessing import FeatureStats, ResidualScale, Scaler
 from iotad.threshold import error_histogram, threshold_from_histogram
@@ -50,15 +59,16 @@ from iotad.train import (
     train_autoencoder,
 )
 
-BUNDLE_FORMAT = "iotad-bundle"
-BUNDLE_VERSION = 1
-BUNDLE_JSON = "bundle.json"
-WEIGHTS_NPZ = "weights.npz"
-DEFAULT_QUANTILE = 0.99
-
-
-class BundleError(ValueError):
-    """A model bundle is missing, malformed or does not fit the expected features."""
+__all__ = [
+    "BUNDLE_FORMAT",
+    "BUNDLE_JSON",
+    "BUNDLE_VERSION",
+    "DEFAULT_QUANTILE",
+    "WEIGHTS_NPZ",
+    "BundleError",
+    "Detector",
+    "detector_from_weights",
+]
 
 
 class Detector:
@@ -214,95 +224,35 @@ class Detector:
     ) -> Detector:
         """Load a bundle; ``feature_names`` / ``n_features`` (when given) must match the bundle's.
 
+        Reading and validation are :func:`iotad.bundle.read_bundle` (shared with the torch-free
+        :class:`iotad.inference.NumpyDetector`); this adds the torch model.
+
         Raises
         ------
         BundleError
-            Missing or malformed bundle, or a feature mismatch (clear one-line message).
+            Missing or malformed bundle, a feature mismatch, or weights that do not fit the model (clear
+            one-line message).
         """
-        last: Exception | None = None
-        for attempt in range(max(retries, 1)):
-            try:
-                return cls._load_once(Path(directory), feature_names, n_features)
-            except _Changed as e:  # rewritten while we read it: read again
-                last = e
-                time.sleep(0.02 * (attempt + 1))
-        raise BundleError(f"{directory}: bundle kept changing while being read ({last})")
+        return cls.from_bundle(read_bundle(directory, feature_names=feature_names, n_features=n_features,
+                                           retries=retries))
 
     @classmethod
-    def _load_once(cls, d: Path, feature_names: Sequence[str] | None, n_features: int | None) -> Detector:
+    def from_bundle(cls, bundle: Bundle) -> Detector:
+        """Build the torch detector of a bundle read by :func:`iotad.bundle.read_bundle`."""
+        det = cls(bundle.n_features, hidden=bundle.hidden, dropout=bundle.dropout,
+                  feature_names=bundle.feature_names)
         try:
-            meta = json.loads((d / BUNDLE_JSON).read_text(encoding="utf-8"))
-        except FileNotFoundError as e:
-            # A temporary sibling means a rewrite is under way (fallback swap): worth a retry.
-            if any(d.parent.glob(f".{d.name}.tmp-*")):
-                raise _Changed("bundle.json missing during a rewrite") from e
-            raise BundleError(f"{d}: no model bundle ({BUNDLE_JSON} missing)") from e
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise BundleError(f"{d / BUNDLE_JSON}: not valid JSON ({e})") from e
-        if not isinstance(meta, dict) or meta.get("format") != BUNDLE_FORMAT:
-            raise BundleError(f"{d}: not an iotad model bundle")
-        if int(meta.get("version", -1)) != BUNDLE_VERSION:
-            raise BundleError(f"{d}: bundle version {meta.get('version')}, this iotad reads {BUNDLE_VERSION}")
-        try:
-            n = int(meta["n_features"])
-            names = meta.get("feature_names")
-            model_hp = meta["model"]
-            wmeta = meta["weights"]
-        except (KeyError, TypeError, ValueError) as e:
-            raise BundleError(f"{d}: bundle.json lacks {e}") from e
-        if n_features is not None and n != n_features:
-            raise BundleError(f"{d}: model expects {n} features, the data has {n_features}")
-        if feature_names is not None:
-            if len(feature_names) != n:
-                raise BundleError(f"{d}: model expects {n} features, the data has {len(feature_names)}")
-            if names is not None and len(names) == n and list(names) != list(feature_names):
-                diff = next(i for i, (a, b) in enumerate(zip(names, feature_names, strict=False)) if a != b)
-                raise BundleError(
-                    f"{d}: feature {diff} is {names[diff]!r} in the model but {feature_names[diff]!r} in the data"
-                )
-        wpath = d / str(wmeta.get("file", WEIGHTS_NPZ))
-        try:
-            raw = wpath.read_bytes()
-        except FileNotFoundError as e:
-            raise _Changed(f"{wpath.name} missing") from e
-        if hashlib.sha256(raw).hexdigest() != wmeta.get("sha256"):
-            raise _Changed("weights do not match bundle.json")
-        det = cls(
-            n,
-            hidden=tuple(model_hp.get("hidden", DEFAULT_HIDDEN)),
-            dropout=float(model_hp.get("dropout", DEFAULT_DROPOUT)),
-            feature_names=names,
-        )
-        if int(model_hp.get("n_features", n)) != n:
-            raise BundleError(f"{d}: model n_features {model_hp.get('n_features')} != bundle n_features {n}")
-        with np.load(io.BytesIO(raw), allow_pickle=False) as npz:
-            arrays = [npz[f"w{i:03d}"] for i in range(len(npz.files))]
-        try:
-            set_weights(det.model, arrays)
+            set_weights(det.model, bundle.arrays)
         except (ValueError, RuntimeError) as e:
-            raise BundleError(f"{d}: weights do not fit the model: {e}") from e
-        det.scaler = Scaler.from_dict(meta["scaler"])
-        if det.scaler.n_features != n:
-            raise BundleError(f"{d}: scaler has {det.scaler.n_features} features, model {n}")
-        rs = meta.get("residual_scale")
-        if rs is not None:
-            try:
-                det.residual_scale = ResidualScale.from_dict(rs)
-            except (KeyError, TypeError, ValueError) as e:
-                raise BundleError(f"{d}: malformed residual_scale ({e})") from e
-            if det.residual_scale.n_features != n:
-                raise BundleError(f"{d}: residual scale has {det.residual_scale.n_features} features, model {n}")
-        thr = meta.get("threshold")
-        det.threshold = None if thr is None else float(thr)
-        det.quantile = float(meta.get("quantile", DEFAULT_QUANTILE))
-        det.round = int(meta.get("round", 0))
-        det.metadata = dict(meta.get("metadata") or {})
+            raise BundleError(f"{bundle.directory}: weights do not fit the model: {e}") from e
+        det.scaler = bundle.scaler
+        det.residual_scale = bundle.residual_scale
+        det.threshold = bundle.threshold
+        det.quantile = bundle.quantile
+        det.round = bundle.round
+        det.metadata = dict(bundle.metadata)
         det.model.eval()
         return det
-
-
-class _Changed(Exception):
-    """The bundle changed while being read."""
 
 
 def _sha256(path: Path) -> str:

@@ -130,6 +130,9 @@ def compare(run_paths: list[Path], out: Path) -> Path:
         for r in runs:
             if r is not base and r["metrics"]["f1"] is not None and base["metrics"]["f1"] is not None:
                 lines.append(f"- {_label(r)}: {r['metrics']['f1'] - base['metrics']['f1']:+.4f}")
+        lines += ["", "One run per side: F1 at a fixed quantile moves by several hundredths between training seeds "
+                  "of the same configuration, so a single difference is not a verdict; `python -m "
+                  "bench.bench_parity` compares over seeds."]
     types = sorted({t for r in runs for t in r["metrics"]["per_attack_recall"]})
     lines += ["", "## Recall per attack type", "", "| attack | " + " | ".join(r["path"].name for r in runs) + " |",
               "|---" * (len(runs) + 1) + "|"]

@@ -11,6 +11,7 @@ checkpoint per round from which a lost run resumes.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections import Counter
@@ -51,7 +52,7 @@ class FederationConfig:
     fraction_train: float = 1.0
     fraction_evaluate: float = 1.0
     min_nodes: int = 2
-    local_epochs: int = 4
+    local_epochs: int = 12
     batch_size: int = 256
     learning_rate: float = 4e-3
     proximal_mu: float = 0.01
@@ -122,6 +123,26 @@ def screen_updates(replies: Iterable[Message], reference: Sequence[np.ndarray]) 
     return valid, rejected
 
 
+def _digest(reply: Message) -> bytes:
+    h = hashlib.sha256()
+    for name, record in sorted(reply.content.array_records.items()):
+        h.update(name.encode())
+        for array in record.to_numpy_ndarrays():
+            h.update(np.ascontiguousarray(array).tobytes())
+    for name, metrics in sorted(reply.content.metric_records.items()):
+        h.update(repr((name, sorted(metrics.items()))).encode())
+    return h.digest()
+
+
+def in_content_order(replies: Iterable[Message]) -> list[Message]:
+    """Replies sorted by a digest of their content.
+
+    Replies arrive in whatever order devices finish, and float sums (weighted averages, merged statistics)
+    depend on the order of their terms; a fixed order makes a run reproducible bit for bit.
+    """
+    return sorted(replies, key=_digest)
+
+
 def _metrics(reply: Message) -> MetricRecord:
     """The one MetricRecord of a device's reply."""
     return next(iter(reply.content.metric_records.values()))
@@ -151,6 +172,8 @@ class FederatedTraining:
         config = ConfigRecord(
             {
                 "server-round": server_round,
+                "num-server-rounds": self.cfg.num_rounds,
+                "model-seed": self.cfg.model_seed,
                 "local-epochs": self.cfg.local_epochs,
                 "batch-size": self.cfg.batch_size,
                 "learning-rate": self.cfg.learning_rate,
@@ -167,7 +190,7 @@ class FederatedTraining:
     def _query_all(self, action: str, content: RecordDict, node_ids: Iterable[int]) -> list[Message]:
         messages = [Message(content=content, dst_node_id=n, message_type=f"query.{action}") for n in node_ids]
         replies = self.grid.send_and_receive(messages, timeout=self.cfg.round_timeout)
-        return [r for r in replies if not r.has_error()]
+        return in_content_order(r for r in replies if not r.has_error())
 
     def _wait_for_nodes(self) -> list[int]:
         while len(nodes := list(self.grid.get_node_ids())) < self.cfg.min_nodes:
@@ -249,7 +272,7 @@ class FederatedTraining:
             messages = list(self.strategy.configure_train(server_round, arrays, config, self.grid))
             replies = list(self.grid.send_and_receive(messages, timeout=self.cfg.round_timeout))
             valid, rejected = screen_updates(replies, arrays.to_numpy_ndarrays())
-            aggregated, train_metrics = self.strategy.aggregate_train(server_round, valid)
+            aggregated, train_metrics = self.strategy.aggregate_train(server_round, in_content_order(valid))
             if aggregated is None:
                 raise RuntimeError(f"round {server_round}: no usable update (rejected: {dict(rejected)})")
             arrays = aggregated

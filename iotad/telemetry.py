@@ -100,8 +100,11 @@ UNITS = frozenset(
 )
 PHASES = ("train", "evaluate")
 FAILURE_REASONS = ("error", "missing")
-# Why the launcher resubmitted a run (iotad.aggregator.REASON_*).
-RESUME_REASONS = ("run_failed", "superlink_restart", "launcher_restart")
+# Why the aggregator's launcher resubmitted a run from its checkpoint.
+RESUME_RUN_FAILED = "run_failed"  # the run ended without finishing, the SuperLink still up
+RESUME_SUPERLINK_RESTART = "superlink_restart"  # the SuperLink died and was restarted
+RESUME_LAUNCHER_RESTART = "launcher_restart"  # the launcher itself started again mid-federation
+RESUME_REASONS = (RESUME_RUN_FAILED, RESUME_SUPERLINK_RESTART, RESUME_LAUNCHER_RESTART)
 
 Kind = Literal["counter", "gauge", "histogram"]
 GaugeMode = Literal["all", "liveall", "min", "livemin", "max", "livemax", "sum", "livesum", "mostrecent",

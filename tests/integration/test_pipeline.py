@@ -29,6 +29,10 @@ def test_centralized_and_two_round_simulation(work: Path) -> None:
     # Same data, same seed: the same model (seeded initial weights, single-threaded training).
     assert main(["centralized", "--data", str(work / "D"), "--epochs", "4", "--out", str(work / "C2")]) == 0
     assert (work / "C" / "metrics.json").read_bytes() == (work / "C2" / "metrics.json").read_bytes()
+    # Federated too, although Flower draws random node ids and replies arrive in any order.
+    assert main(["simulate", "--data", str(work / "D"), "--rounds", "2", "--local-epochs", "2",
+                 "--out", str(work / "F2")]) == 0
+    assert (work / "F" / "metrics.json").read_bytes() == (work / "F2" / "metrics.json").read_bytes()
     central = json.loads((work / "C" / "metrics.json").read_text())
     federated = json.loads((work / "F" / "metrics.json").read_text())
     assert set(METRIC_KEYS) <= set(central) and set(central) == set(federated) - {"device_confusion",

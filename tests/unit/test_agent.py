@@ -22,7 +22,8 @@ from iotad.agent import Agent, BundleWatcher, RawBlock, ReplaySource, TailSource
 from iotad.data.loader import load_traffic
 from iotad.data.schema import FEATURE_NAMES, RAW_COLUMNS
 from iotad.data.synthetic import write_synthetic
-from iotad.detector import detector_from_weights
+from iotad.detector import Detector, detector_from_weights
+from iotad.inference import NumpyDetector
 from iotad.model import Autoencoder
 from iotad.preprocessing import FeatureStats, Scaler
 from iotad.train import get_weights
@@ -118,12 +119,32 @@ def test_broken_bundle_keeps_old_model(tmp_path: Path, scaler: Scaler) -> None:
     save_bundle(model_dir, scaler, 1)
     det = watcher.check()
     assert det is not None and det.round == 1
+    assert isinstance(det, NumpyDetector)  # the agent scores without torch
     assert watcher.check() is None  # unchanged: no reload
     (model_dir / "bundle.json").write_text("{not json")
     assert watcher.check() is None  # broken: ignored, once
     save_bundle(model_dir, scaler, 3)
     det = watcher.check()
     assert det is not None and det.round == 3
+
+
+def test_agent_scores_alike_with_the_torch_loader(tmp_path: Path, traffic_csv: Path, scaler: Scaler) -> None:
+    """The loader is pluggable (benchmarks compare the torch Detector): same rows, same scores."""
+    model_dir = tmp_path / "model"
+    save_bundle(model_dir, scaler, 1)
+    block = ReplaySource(traffic_csv, rate=0).read(300)
+    assert block is not None
+    scores = {}
+    for name, loader in {"numpy": None, "torch": lambda d: Detector.load(d, feature_names=FEATURE_NAMES)}.items():
+        kwargs = {} if loader is None else {"loader": loader}
+        agent = Agent(ReplaySource(traffic_csv, rate=0), model_dir, t.DeviceTelemetry(DEVICE, t.make_registry()),
+                      **kwargs)
+        assert agent.reload_if_changed()
+        assert type(agent.detector) is (NumpyDetector if loader is None else Detector)
+        assert agent.process(block) == 300
+        assert agent.detector is not None
+        scores[name] = agent.detector.decision_function(encode_block(block).features)
+    np.testing.assert_allclose(scores["numpy"], scores["torch"], rtol=1e-5)
 
 
 def test_replay_pacing_only_attacks_and_bursts(traffic_csv: Path) -> None:

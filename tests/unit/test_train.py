@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -157,6 +158,16 @@ def test_cosine_schedule_warms_up_then_decays() -> None:
     assert lrs[-1] == pytest.approx(2e-4)
     assert lr_schedule(TrainConfig(lr=3e-3, lr_schedule="constant"), 5) == [3e-3] * 5
     assert lr_schedule(TrainConfig(lr_schedule="cosine"), 0) == []
+
+
+def test_schedule_parts_concatenate_to_the_run_wide_schedule() -> None:
+    cfg = TrainConfig(lr=1e-2, lr_schedule="cosine", warmup=0.1, final_lr=0.02)
+    whole = lr_schedule(cfg, 5 * 40)
+    parts = [lr_schedule(replace(cfg, schedule_part=k, schedule_parts=5), 40) for k in range(5)]
+    assert [lr for part in parts for lr in part] == whole
+    assert parts[0][0] < parts[0][-1] and parts[-1][-1] == pytest.approx(2e-4)  # warm-up only in round 1
+    with pytest.raises(ValueError, match="schedule_part"):
+        lr_schedule(replace(cfg, schedule_part=5, schedule_parts=5), 40)
 
 
 def test_bad_schedule_or_precision_is_rejected() -> None:

@@ -1,0 +1,224 @@
+"""Reading and validating a model bundle, without torch.
+
+The bundle is written by :meth:`iotad.detector.Detector.save` (layout in :mod:`iotad.detector`). Reading it
+needs only json, hashlib and numpy, so the device agent (:mod:`iotad.inference`) and the torch
+:class:`~iotad.detector.Detector` share this one reader: same checks, same one-line :class:`BundleError`
+messages, same retry while the bundle is being rewritten.
+
+This module must not import torch, directly or indirectly (a test checks it in a fresh interpreter).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import time
+import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from iotad.preprocessing import ResidualScale, Scaler
+
+BUNDLE_FORMAT = "iotad-bundle"
+BUNDLE_VERSION = 1
+BUNDLE_JSON = "bundle.json"
+WEIGHTS_NPZ = "weights.npz"
+DEFAULT_QUANTILE = 0.99
+
+
+class BundleError(ValueError):
+    """A model bundle is missing, malformed or does not fit the expected features."""
+
+
+class BundleChanged(Exception):
+    """The bundle changed while being read (a rewrite is under way): read it again."""
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """Everything a bundle holds, validated (see :func:`read_bundle`).
+
+    Attributes
+    ----------
+    directory : Path
+        Where it was read from.
+    n_features : int
+        Input width of the model, the scaler and the residual scale.
+    feature_names : list of str or None
+        Feature column names, when the bundle stores them.
+    hidden, dropout
+        Autoencoder shape (:class:`iotad.model.Autoencoder`).
+    arrays : tuple of np.ndarray
+        Model weights in ``state_dict`` order: (weight (out, in), bias (out,)) per linear layer.
+    scaler : Scaler
+    residual_scale : ResidualScale or None
+        None: plain reconstruction MSE scores.
+    threshold : float or None
+        None: the bundle can score but not flag.
+    quantile, round, metadata
+        As written by the trainer.
+    """
+
+    directory: Path
+    n_features: int
+    feature_names: list[str] | None
+    hidden: tuple[int, ...]
+    dropout: float
+    arrays: tuple[np.ndarray, ...]
+    scaler: Scaler
+    residual_scale: ResidualScale | None
+    threshold: float | None
+    quantile: float = DEFAULT_QUANTILE
+    round: int = 0
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def read_bundle(
+    directory: str | Path,
+    *,
+    feature_names: Sequence[str] | None = None,
+    n_features: int | None = None,
+    retries: int = 5,
+) -> Bundle:
+    """Read and validate the bundle in ``directory``; ``feature_names`` / ``n_features`` (when given) must
+    match the bundle's.
+
+    The weights' sha256 is checked against ``bundle.json``; when the bundle changes while being read (a
+    rewrite is under way) it is read again, up to ``retries`` times.
+
+    Raises
+    ------
+    BundleError
+        Missing or malformed bundle, or a feature mismatch (clear one-line message).
+    """
+    last: Exception | None = None
+    for attempt in range(max(retries, 1)):
+        try:
+            return _read_once(Path(directory), feature_names, n_features)
+        except BundleChanged as e:  # rewritten while we read it: read again
+            last = e
+            time.sleep(0.02 * (attempt + 1))
+    raise BundleError(f"{directory}: bundle kept changing while being read ({last})")
+
+
+def _read_once(d: Path, feature_names: Sequence[str] | None, n_features: int | None) -> Bundle:
+    meta = _read_json(d)
+    if not isinstance(meta, dict) or meta.get("format") != BUNDLE_FORMAT:
+        raise BundleError(f"{d}: not an iotad model bundle")
+    if int(meta.get("version", -1)) != BUNDLE_VERSION:
+        raise BundleError(f"{d}: bundle version {meta.get('version')}, this iotad reads {BUNDLE_VERSION}")
+    try:
+        n = int(meta["n_features"])
+        names = meta.get("feature_names")
+        model_hp = meta["model"]
+        wmeta = meta["weights"]
+    except (KeyError, TypeError, ValueError) as e:
+        raise BundleError(f"{d}: bundle.json lacks {e}") from e
+    _check_features(d, n, names, feature_names, n_features)
+    raw = _read_weights_file(d, wmeta)
+    hidden, dropout = _model_shape(d, model_hp, n)
+    if names is not None and len(names) != n:
+        raise BundleError(f"{d}: {len(names)} feature names for {n} features")
+    arrays = _load_arrays(d, raw)
+    try:
+        scaler = Scaler.from_dict(meta["scaler"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise BundleError(f"{d}: malformed scaler ({e})") from e
+    if scaler.n_features != n:
+        raise BundleError(f"{d}: scaler has {scaler.n_features} features, model {n}")
+    residual_scale = _residual_scale(d, meta.get("residual_scale"), n)
+    thr = meta.get("threshold")
+    return Bundle(
+        directory=d,
+        n_features=n,
+        feature_names=None if names is None else [str(x) for x in names],
+        hidden=hidden,
+        dropout=dropout,
+        arrays=arrays,
+        scaler=scaler,
+        residual_scale=residual_scale,
+        threshold=None if thr is None else float(thr),
+        quantile=float(meta.get("quantile", DEFAULT_QUANTILE)),
+        round=int(meta.get("round", 0)),
+        metadata=dict(meta.get("metadata") or {}),
+    )
+
+
+def _read_json(d: Path) -> Any:
+    try:
+        return json.loads((d / BUNDLE_JSON).read_text(encoding="utf-8"))
+    except FileNotFoundError as e:
+        # A temporary sibling means a rewrite is under way (fallback swap): worth a retry.
+        if any(d.parent.glob(f".{d.name}.tmp-*")):
+            raise BundleChanged("bundle.json missing during a rewrite") from e
+        raise BundleError(f"{d}: no model bundle ({BUNDLE_JSON} missing)") from e
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BundleError(f"{d / BUNDLE_JSON}: not valid JSON ({e})") from e
+
+
+def _check_features(
+    d: Path, n: int, names: Sequence[str] | None, feature_names: Sequence[str] | None, n_features: int | None
+) -> None:
+    if n_features is not None and n != n_features:
+        raise BundleError(f"{d}: model expects {n} features, the data has {n_features}")
+    if feature_names is None:
+        return
+    if len(feature_names) != n:
+        raise BundleError(f"{d}: model expects {n} features, the data has {len(feature_names)}")
+    if names is not None and len(names) == n and list(names) != list(feature_names):
+        diff = next(i for i, (a, b) in enumerate(zip(names, feature_names, strict=False)) if a != b)
+        raise BundleError(
+            f"{d}: feature {diff} is {names[diff]!r} in the model but {feature_names[diff]!r} in the data"
+        )
+
+
+def _read_weights_file(d: Path, wmeta: Any) -> bytes:
+    if not isinstance(wmeta, dict):
+        raise BundleError(f"{d}: malformed weights entry in {BUNDLE_JSON}")
+    wpath = d / str(wmeta.get("file", WEIGHTS_NPZ))
+    try:
+        raw = wpath.read_bytes()
+    except FileNotFoundError as e:
+        raise BundleChanged(f"{wpath.name} missing") from e
+    if hashlib.sha256(raw).hexdigest() != wmeta.get("sha256"):
+        raise BundleChanged("weights do not match bundle.json")
+    return raw
+
+
+def _model_shape(d: Path, model_hp: Any, n: int) -> tuple[tuple[int, ...], float]:
+    try:
+        hidden = tuple(int(h) for h in model_hp["hidden"])  # every bundle records its architecture
+        dropout = float(model_hp.get("dropout", 0.0))  # inference ignores dropout
+        model_n = int(model_hp.get("n_features", n))
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+        raise BundleError(f"{d}: malformed model entry ({e})") from e
+    if not hidden or any(h < 1 for h in hidden) or not 0.0 <= dropout < 1.0:
+        raise BundleError(f"{d}: malformed model entry (hidden {list(hidden)}, dropout {dropout})")
+    if model_n != n:
+        raise BundleError(f"{d}: model n_features {model_hp.get('n_features')} != bundle n_features {n}")
+    return hidden, dropout
+
+
+def _load_arrays(d: Path, raw: bytes) -> tuple[np.ndarray, ...]:
+    try:
+        with np.load(io.BytesIO(raw), allow_pickle=False) as npz:
+            return tuple(npz[f"w{i:03d}"] for i in range(len(npz.files)))
+    except (KeyError, ValueError, OSError, zipfile.BadZipFile) as e:
+        raise BundleError(f"{d}: unreadable {WEIGHTS_NPZ} ({e})") from e
+
+
+def _residual_scale(d: Path, rs: Any, n: int) -> ResidualScale | None:
+    if rs is None:
+        return None
+    try:
+        scale = ResidualScale.from_dict(rs)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise BundleError(f"{d}: malformed residual_scale ({e})") from e
+    if scale.n_features != n:
+        raise BundleError(f"{d}: residual scale has {scale.n_features} features, model {n}")
+    return scale

@@ -1,0 +1,85 @@
+"""Server-side federation helpers: run config, strategy choice, update screening, reply order."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.serverapp.strategy import FedAvg, FedMedian, FedProx, FedTrimmedAvg, Krum
+from flwr.supercore.task_identity import TaskIdentity
+
+from iotad.client_app import training_seed
+from iotad.records import config_int
+from iotad.strategy import FederationConfig, in_content_order, make_strategy, screen_updates
+
+
+@pytest.fixture(autouse=True)
+def _run_identity(monkeypatch: pytest.MonkeyPatch) -> None:
+    """New Messages take their ids from the process's task identity, which Flower sets in an app process."""
+    for attr in ("_run_id", "_node_id", "_task_id"):
+        monkeypatch.setattr(TaskIdentity, attr, 1)
+
+
+REFERENCE = [np.zeros((3, 2), np.float32), np.zeros(2, np.float32)]
+
+
+def _reply(arrays: list[np.ndarray], examples: int = 10) -> Message:
+    content = RecordDict({"arrays": ArrayRecord.from_numpy_ndarrays(arrays),
+                          "metrics": MetricRecord({"num-examples": examples})})
+    return Message(content=content, dst_node_id=1, message_type="train")
+
+
+def test_run_config_keys_and_strategies() -> None:
+    cfg = FederationConfig.from_run_config({"num-server-rounds": 7, "strategy": "krum", "local-epochs": 3,
+                                            "unrelated-key": 1})
+    assert (cfg.num_rounds, cfg.strategy, cfg.local_epochs) == (7, "krum", 3)
+    expected = {"fedavg": FedAvg, "fedprox": FedProx, "fedmedian": FedMedian, "fedtrimmedavg": FedTrimmedAvg,
+                "krum": Krum}
+    for name, cls in expected.items():
+        assert type(make_strategy(FederationConfig(strategy=name))) is cls
+    with pytest.raises(ValueError, match="unknown strategy"):
+        FederationConfig.from_run_config({"strategy": "fedsgd"})
+
+
+def test_poisoned_updates_are_rejected_and_counted() -> None:
+    good = _reply([np.ones((3, 2), np.float32), np.ones(2, np.float32)])
+    nan = _reply([np.full((3, 2), np.nan, np.float32), np.ones(2, np.float32)])
+    inf = _reply([np.ones((3, 2), np.float32), np.array([np.inf, 0], np.float32)])
+    shape = _reply([np.ones((2, 3), np.float32), np.ones(2, np.float32)])
+    missing = _reply(REFERENCE[:1])
+    no_count = Message(content=RecordDict({"arrays": ArrayRecord.from_numpy_ndarrays(REFERENCE)}),
+                       dst_node_id=1, message_type="train")
+    valid, rejected = screen_updates([good, nan, inf, shape, missing, no_count], REFERENCE)
+    assert valid == [good]
+    assert rejected == {"non_finite": 2, "shape": 2, "malformed": 1}
+
+
+def test_replies_are_aggregated_in_an_order_fixed_by_their_content() -> None:
+    rng = np.random.default_rng(0)
+    replies = [_reply([rng.normal(size=(3, 2)).astype(np.float32), rng.normal(size=2).astype(np.float32)], n)
+               for n in (5, 7, 11)]
+    orders = {tuple(id(r) for r in in_content_order(p)) for p in itertools.permutations(replies)}
+    assert len(orders) == 1
+    # ... so a weighted average comes out bit-identical whatever order the devices answered in.
+    averages = {
+        FedAvg().aggregate_train(1, in_content_order(p))[0].to_numpy_ndarrays()[0].tobytes()  # type: ignore[union-attr]
+        for p in itertools.permutations(replies)
+    }
+    assert len(averages) == 1
+
+
+def _context(node_id: int, name: str) -> Context:
+    return Context(run_id=1, node_id=node_id, node_config={"device-name": name}, state=RecordDict(),
+                   run_config={})
+
+
+def test_training_seed_depends_on_device_round_and_model_seed_not_node_id() -> None:
+    config = {"server-round": 2, "model-seed": 0}
+    a = training_seed(config, _context(123456789, "plant-a"))  # type: ignore[arg-type]
+    assert a == training_seed(config, _context(987654321, "plant-a"))  # type: ignore[arg-type]
+    assert a != training_seed(config, _context(123456789, "plant-b"))  # type: ignore[arg-type]
+    assert a != training_seed({**config, "server-round": 3}, _context(1, "plant-a"))  # type: ignore[arg-type]
+    assert a != training_seed({**config, "model-seed": 1}, _context(1, "plant-a"))  # type: ignore[arg-type]
+    assert config_int(config, "server-round") == 2
