@@ -149,6 +149,9 @@ class ReplaySource:
     ----------
     only_attacks
         Replay only the rows labelled as attacks.
+    only_normal
+        Replay every row except those labelled as attacks: a quiet baseline (anomalies at the false-positive
+        rate) that bursts then stand out from, as in a real network.
     burst_rows, burst_every
         Every ``burst_every`` s (0: never) and on :meth:`trigger_burst`, send ``burst_rows`` attack rows
         at once on top of the paced stream.
@@ -160,6 +163,7 @@ class ReplaySource:
         *,
         rate: float = 100.0,
         only_attacks: bool = False,
+        only_normal: bool = False,
         burst_rows: int = 0,
         burst_every: float = 0.0,
         loop: bool = True,
@@ -178,13 +182,19 @@ class ReplaySource:
         self.clock = clock
         self.burst_rows = int(burst_rows)
         self.burst_every = float(burst_every)
-        need_attacks = only_attacks or burst_rows > 0
+        if only_attacks and only_normal:
+            raise ValueError("only_attacks and only_normal exclude each other")
+        need_attacks = only_attacks or only_normal or burst_rows > 0
         # Without bursts configured, attack rows are found on the first SIGUSR1 burst (lazily: a long
         # replay file is not parsed twice at start for a burst that may never come).
         self._attack_cache: np.ndarray | None = self._attack_rows() if need_attacks else None
         if need_attacks and len(self.attack_rows) == 0:
             raise ValueError(f"{self.path}: no attack rows to replay")
-        self.order = self.attack_rows if only_attacks else np.arange(len(self.lines))
+        self.order = np.arange(len(self.lines))
+        if only_attacks:
+            self.order = self.attack_rows
+        elif only_normal:  # malformed rows stay in: they are counted and skipped like live ones
+            self.order = np.setdiff1d(self.order, self.attack_rows, assume_unique=True)
         self._pos = 0
         self._burst_pos = 0
         self._pending_burst = 0
@@ -572,6 +582,7 @@ class AgentOptions:
     rate: float = 100.0
     batch_size: int = DEFAULT_BATCH
     only_attacks: bool = False
+    only_normal: bool = False
     burst_rows: int = 0
     burst_every: float = 0.0
     from_start: bool = False
@@ -585,7 +596,8 @@ def make_source(opts: AgentOptions) -> ReplaySource | TailSource:
     if opts.replay is not None:
         path = opts.replay / "traffic.csv" if opts.replay.is_dir() else opts.replay
         return ReplaySource(
-            path, rate=opts.rate, only_attacks=opts.only_attacks, burst_rows=opts.burst_rows,
+            path, rate=opts.rate, only_attacks=opts.only_attacks, only_normal=opts.only_normal,
+            burst_rows=opts.burst_rows,
             burst_every=opts.burst_every,
         )
     assert opts.tail is not None

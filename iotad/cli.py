@@ -11,6 +11,7 @@ import argparse
 import json
 import logging
 import os
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -85,6 +86,7 @@ def _local_federation(a: argparse.Namespace) -> None:
     run_local_federation(
         a.workdir, devices=a.devices, rounds=a.rounds, rows_per_device=a.rows_per_device,
         keep_running=a.keep_running, resume=a.resume, local_epochs=a.local_epochs, rate=a.rate, seed=a.seed,
+        agent_args=shlex.split(a.agent_args or ""),
     )
 
 
@@ -98,7 +100,7 @@ def _agent(a: argparse.Namespace) -> None:
     code = run_agent(AgentOptions(
         device=a.device, model_dir=Path(a.model_dir), replay=a.replay, tail=a.tail,
         metrics_dir=a.metrics_dir, metrics_port=a.metrics_port, metrics_host=a.metrics_host, rate=a.rate,
-        batch_size=a.batch_size, only_attacks=a.only_attacks, burst_rows=a.burst_rows,
+        batch_size=a.batch_size, only_attacks=a.only_attacks, only_normal=a.only_normal, burst_rows=a.burst_rows,
         burst_every=a.burst_every, from_start=a.from_start, poll_interval=a.poll, threads=a.threads,
     ))
     if code:
@@ -125,8 +127,6 @@ def _aggregator(a: argparse.Namespace) -> None:
 
 
 def _device(a: argparse.Namespace) -> None:
-    import shlex
-
     from iotad.edge import DeviceOptions, run_device
 
     agent_args = shlex.split(a.agent_args or "")
@@ -226,6 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--local-epochs", type=int, default=1)
     s.add_argument("--rate", type=float, default=100.0, help="rows/s each agent replays")
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--agent-args", default="",
+                   help='more `iotad agent` options, e.g. "--only-normal --burst-rows 2000 --burst-every 120"')
     s.set_defaults(func=_local_federation)
 
     s = sub.add_parser("agent", help="device agent: /metrics, hot-reloaded global model, continuous scoring")
@@ -240,7 +242,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--metrics-host", default="127.0.0.1")
     s.add_argument("--rate", type=float, default=100.0, help="replay rows/s (0: as fast as possible)")
     s.add_argument("--batch-size", type=int, default=256)
-    s.add_argument("--only-attacks", action="store_true", help="replay only attack rows")
+    only = s.add_mutually_exclusive_group()
+    only.add_argument("--only-attacks", action="store_true", help="replay only attack rows")
+    only.add_argument("--only-normal", action="store_true",
+                      help="replay all but the attack rows (a quiet baseline for --burst-rows)")
     s.add_argument("--burst-rows", type=int, default=0, help="attack rows per burst (also on SIGUSR1)")
     s.add_argument("--burst-every", type=float, default=0.0, help="seconds between bursts (0: only on SIGUSR1)")
     s.add_argument("--from-start", action="store_true", help="tail: score the rows already in the file")

@@ -161,6 +161,17 @@ def test_replay_pacing_only_attacks_and_bursts(traffic_csv: Path) -> None:
     assert enc.attack_types is not None and len(enc.attack_types) > 0
     assert set(enc.attack_types) and "Normal" not in set(enc.attack_types)
 
+    normal = ReplaySource(traffic_csv, rate=0, only_normal=True, loop=False)
+    seen: list[str] = []
+    while (block := normal.read(200)) is not None:
+        types = encode_block(block).attack_types
+        assert types is not None
+        seen += list(types)
+    assert set(seen) == {"Normal"}
+    assert len(seen) + len(attacks.attack_rows) == len(normal.lines)  # every other row, once
+    with pytest.raises(ValueError, match="exclude"):
+        ReplaySource(traffic_csv, only_attacks=True, only_normal=True)
+
     burst = ReplaySource(traffic_csv, rate=1, burst_rows=50, clock=lambda: now[0])
     burst.trigger_burst()
     got = [burst.read(20) for _ in range(3)]
