@@ -1,16 +1,19 @@
-"""Federated vs centralised F1 over several seeds, IID and Dirichlet non-IID.
+"""Federated vs centralised F1 over several seeds, on one or more device splits.
 
 Per seed and data set: one federated run and one centralised run per ``--central-epochs`` value. The
 seed fixes the device splits, the initial weights and the shuffling, and all runs of a seed use the same
 splits, so they are compared in pairs. A single pair is not a reliable comparison: F1 at the 0.99
 quantile moves by several hundredths between seeds of the same training (docs/results.md), so this
-reports means, spreads and the paired difference with its standard error.
+reports means, spreads and the paired difference with its standard error; one JSON per data set,
+``OUT/parity-NAME.json``.
 
-    python -m bench.bench_parity --iid D5 --non-iid DN [--seeds 8 --rounds 5 --central-epochs 20 60]
+    python -m bench.bench_parity --data synth=D5 dirichlet=DN iid=DI [--seeds 8 --central-epochs 20 60]
 
-``D5``: ``iotad synth --devices 5 --rows-per-device 20000 --seed 11``; ``DN``: ``iotad partition --csv
-D5/device-*/traffic.csv --devices 5 --alpha 0.5 --seed 1``. 20 epochs is the centralised default; 60
-passes over each row equal the federated default (5 rounds x 12 local epochs).
+``D5``: ``iotad synth --devices 5 --rows-per-device 20000 --seed 11`` (the generator's split: every
+device has its own sensor profiles and attack mix); ``DN``: ``iotad partition --csv D5/device-*/traffic.csv
+--devices 5 --alpha 0.5 --seed 1`` (Dirichlet over traffic types); ``DI``: the same without ``--alpha``
+(IID). 20 epochs is the centralised default; 60 passes over each row equal the federated default (5
+rounds x 12 local epochs).
 """
 
 from __future__ import annotations
@@ -68,30 +71,28 @@ def summary(pairs: list[dict[str, Any]], central_epochs: list[int]) -> dict[str,
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--iid", type=Path, required=True)
-    p.add_argument("--non-iid", type=Path, required=True)
+    p.add_argument("--data", nargs="+", required=True, metavar="NAME=DIR", help="device folders to compare on")
     p.add_argument("--seeds", type=int, default=8)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--central-epochs", type=int, nargs="+", default=[20])
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     a = p.parse_args()
-    t0 = time.monotonic()
-    results: dict[str, Any] = {"seeds": a.seeds, "rounds": a.rounds, "data_kind": "synthetic"}
-    with tempfile.TemporaryDirectory(prefix="iotad-parity-") as tmp:
-        for label, data in (("iid", a.iid), ("dirichlet_0.5", a.non_iid)):
-            print(label, flush=True)
-            results[label] = compare(data.resolve(), a.seeds, a.rounds, a.central_epochs, Path(tmp) / label)
-    results["seconds"] = time.monotonic() - t0
-    for label in ("iid", "dirichlet_0.5"):
-        r = results[label]
-        print(f"{label}: F1 federated {r['federated_f1_mean']:.3f} ± {r['federated_f1_sd']:.3f}")
-        for e in a.central_epochs:
-            side = f"central{e}"
-            print(f"  vs centralised {e} epochs {r[f'{side}_f1_mean']:.3f} ± {r[f'{side}_f1_sd']:.3f}: paired "
-                  f"difference {r[f'f1_diff_{side}_mean']:+.3f} (s.e. {r[f'f1_diff_{side}_se']:.3f}, largest "
-                  f"{r[f'f1_diff_{side}_max_abs']:.3f})")
+    sets = dict(item.split("=", 1) for item in a.data)
     a.out.mkdir(parents=True, exist_ok=True)
-    (a.out / "parity.json").write_text(json.dumps(results, indent=2) + "\n")
+    with tempfile.TemporaryDirectory(prefix="iotad-parity-") as tmp:
+        for name, data in sets.items():
+            print(name, flush=True)
+            t0 = time.monotonic()
+            r = compare(Path(data).resolve(), a.seeds, a.rounds, a.central_epochs, Path(tmp) / name)
+            r |= {"name": name, "seeds": a.seeds, "rounds": a.rounds, "data_kind": "synthetic",
+                  "seconds": time.monotonic() - t0}
+            (a.out / f"parity-{name}.json").write_text(json.dumps(r, indent=2) + "\n")
+            print(f"{name}: F1 federated {r['federated_f1_mean']:.3f} ± {r['federated_f1_sd']:.3f}")
+            for e in a.central_epochs:
+                side = f"central{e}"
+                print(f"  vs centralised {e} epochs {r[f'{side}_f1_mean']:.3f} ± {r[f'{side}_f1_sd']:.3f}: paired "
+                      f"difference {r[f'f1_diff_{side}_mean']:+.3f} (s.e. {r[f'f1_diff_{side}_se']:.3f}, largest "
+                      f"{r[f'f1_diff_{side}_max_abs']:.3f})", flush=True)
 
 
 if __name__ == "__main__":
