@@ -1,18 +1,31 @@
-"""Reading and validating a model bundle, without torch.
+"""The model bundle on disk: writing it atomically and reading it back, without torch.
 
-The bundle is written by :meth:`iotad.detector.Detector.save` (layout in :mod:`iotad.detector`). Reading it
-needs only json, hashlib and numpy, so the device agent (:mod:`iotad.inference`) and the torch
-:class:`~iotad.detector.Detector` share this one reader: same checks, same one-line :class:`BundleError`
-messages, same retry while the bundle is being rewritten.
+Layout (a directory)::
+
+    bundle.json   format, version, n_features, feature_names, model hyper-params, scaler, residual_scale
+                  (optional: absent or null means plain MSE scores), threshold, quantile, round, metadata,
+                  and the weights file's sha256 and array names
+    weights.npz   one array per state_dict entry (no pickle)
+
+:func:`write_bundle` writes a temporary sibling directory and swaps it in with one rename (an atomic
+exchange on Linux when the bundle already exists), because a device agent may hot-reload the bundle while
+it is being rewritten. :func:`read_bundle` checks the weights' sha256 and retries when the bundle changed
+under it. The torch :class:`~iotad.detector.Detector` and the device agent's
+:class:`~iotad.inference.NumpyDetector` both go through these two functions.
 
 This module must not import torch, directly or indirectly (a test checks it in a fresh interpreter).
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import hashlib
 import io
 import json
+import os
+import shutil
+import tempfile
 import time
 import zipfile
 from collections.abc import Sequence
@@ -78,6 +91,73 @@ class Bundle:
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
+def write_bundle(directory: str | Path, meta: dict[str, Any], arrays: Sequence[np.ndarray], names: list[str]) -> Path:
+    """Write a bundle to ``directory`` atomically (readers see the old or the new bundle).
+
+    ``meta`` is ``bundle.json`` without its format, version and weights entries (added here); ``arrays`` are
+    the model weights in ``state_dict`` order and ``names`` their ``state_dict`` keys.
+    """
+    target = Path(directory)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        with open(tmp / WEIGHTS_NPZ, "wb") as f:
+            named: dict[str, Any] = {f"w{i:03d}": a for i, a in enumerate(arrays)}
+            np.savez(f, **named)
+            f.flush()
+            os.fsync(f.fileno())
+        digest = hashlib.sha256((tmp / WEIGHTS_NPZ).read_bytes()).hexdigest()
+        full = {"format": BUNDLE_FORMAT, "version": BUNDLE_VERSION, **meta,
+                "weights": {"file": WEIGHTS_NPZ, "sha256": digest, "names": names}}
+        # json.dumps rejects NaN here: metadata must be JSON-clean (None for undefined values).
+        text = json.dumps(full, indent=2, allow_nan=False)
+        with open(tmp / BUNDLE_JSON, "w", encoding="utf-8") as f:
+            f.write(text + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        _swap_in(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths with Linux renameat2(RENAME_EXCHANGE); False when unsupported."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    rc = fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
+    return rc == 0
+
+
+def _swap_in(new: Path, target: Path) -> None:
+    """Make ``new`` appear at ``target``; on return ``new`` holds the old bundle (or is gone)."""
+    if not target.exists():
+        try:
+            os.rename(new, target)
+            return
+        except OSError:
+            if not target.exists():
+                raise
+    if _exchange(new, target):
+        return
+    # Fallback (non-Linux or a filesystem without RENAME_EXCHANGE): a short window where the target is
+    # missing; readers see the temp sibling and retry.
+    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-old-", dir=target.parent))
+    os.rmdir(old)
+    os.rename(target, old)
+    os.rename(new, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def read_bundle(
     directory: str | Path,
     *,
@@ -122,8 +202,6 @@ def _read_once(d: Path, feature_names: Sequence[str] | None, n_features: int | N
     _check_features(d, n, names, feature_names, n_features)
     raw = _read_weights_file(d, wmeta)
     hidden, dropout = _model_shape(d, model_hp, n)
-    if names is not None and len(names) != n:
-        raise BundleError(f"{d}: {len(names)} feature names for {n} features")
     arrays = _load_arrays(d, raw)
     try:
         scaler = Scaler.from_dict(meta["scaler"])
@@ -164,13 +242,15 @@ def _read_json(d: Path) -> Any:
 def _check_features(
     d: Path, n: int, names: Sequence[str] | None, feature_names: Sequence[str] | None, n_features: int | None
 ) -> None:
+    if names is not None and len(names) != n:
+        raise BundleError(f"{d}: {len(names)} feature names for {n} features")
     if n_features is not None and n != n_features:
         raise BundleError(f"{d}: model expects {n} features, the data has {n_features}")
     if feature_names is None:
         return
     if len(feature_names) != n:
         raise BundleError(f"{d}: model expects {n} features, the data has {len(feature_names)}")
-    if names is not None and len(names) == n and list(names) != list(feature_names):
+    if names is not None and list(names) != list(feature_names):
         diff = next(i for i, (a, b) in enumerate(zip(names, feature_names, strict=False)) if a != b)
         raise BundleError(
             f"{d}: feature {diff} is {names[diff]!r} in the model but {feature_names[diff]!r} in the data"

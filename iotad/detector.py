@@ -1,4 +1,4 @@
-"""Anomaly detector in the PyOD spirit, and its on-disk bundle.
+"""Anomaly detector in the PyOD spirit (torch model + scaler + residual scale + threshold).
 
 ``fit`` learns the scaler, trains the autoencoder, measures the typical per-feature residual on the normal
 training rows (:class:`~iotad.preprocessing.ResidualScale`) and sets the threshold from held-out normal
@@ -7,28 +7,12 @@ feature's squared residual divided by its mean on normal training rows; plain MS
 residual scale); higher = more anomalous. ``predict`` compares scores with the threshold, which is kept
 apart from scoring (a federated round replaces it without retraining).
 
-Bundle layout (a directory)::
-
-    bundle.json   format, version, n_features, feature_names, model hyper-params, scaler, residual_scale
-                  (optional: absent or null means plain MSE scores), threshold, quantile, round, metadata,
-                  and the weights file's sha256 and array names
-    weights.npz   one array per state_dict entry (no pickle)
-
-:meth:`Detector.save` writes a temporary sibling directory and swaps it in with one rename (an atomic
-exchange on Linux when the bundle already exists), because a device agent may hot-reload the bundle
-while it is being rewritten. :meth:`Detector.load` reads it with :func:`iotad.bundle.read_bundle`, which
-checks the weights' sha256 and retries when the bundle changed under it.
+The bundle (a directory: ``bundle.json`` + ``weights.npz``) is written and read by :mod:`iotad.bundle`,
+which owns the format, the atomic swap and the torch-free reader the device agent shares.
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import hashlib
-import json
-import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -45,6 +29,7 @@ from iotad.bundle import (
     Bundle,
     BundleError,
     read_bundle,
+    write_bundle,
 )
 from iotad.model import DEFAULT_DROPOUT, DEFAULT_HIDDEN, Autoencoder
 from iotad.preprocessing import FeatureStats, ResidualScale, Scaler
@@ -169,12 +154,11 @@ class Detector:
 
     # -- bundle ------------------------------------------------------------------------------------------
 
-    def to_bundle_dict(self, weight_names: list[str], weights_sha256: str) -> dict[str, Any]:
+    def save(self, directory: str | Path) -> Path:
+        """Write the bundle to ``directory`` atomically (readers see the old or the new bundle)."""
         if self.scaler is None:
             raise RuntimeError("cannot save a detector without a scaler")
-        return {
-            "format": BUNDLE_FORMAT,
-            "version": BUNDLE_VERSION,
+        meta = {
             "n_features": self.n_features,
             "feature_names": self.feature_names,
             "model": self.model.hyperparams(),
@@ -184,34 +168,8 @@ class Detector:
             "quantile": self.quantile,
             "round": int(self.round),
             "metadata": self.metadata,
-            "weights": {"file": WEIGHTS_NPZ, "sha256": weights_sha256, "names": weight_names},
         }
-
-    def save(self, directory: str | Path) -> Path:
-        """Write the bundle to ``directory`` atomically (readers see the old or the new bundle)."""
-        target = Path(directory)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-        try:
-            names = list(self.model.state_dict().keys())
-            arrays = get_weights(self.model)
-            with open(tmp / WEIGHTS_NPZ, "wb") as f:
-                named: dict[str, Any] = {f"w{i:03d}": a for i, a in enumerate(arrays)}
-                np.savez(f, **named)
-                f.flush()
-                os.fsync(f.fileno())
-            digest = _sha256(tmp / WEIGHTS_NPZ)
-            # json.dumps rejects NaN here: metadata must be JSON-clean (None for undefined values).
-            text = json.dumps(self.to_bundle_dict(names, digest), indent=2, allow_nan=False)
-            with open(tmp / BUNDLE_JSON, "w", encoding="utf-8") as f:
-                f.write(text + "\n")
-                f.flush()
-                os.fsync(f.fileno())
-            _swap_in(tmp, target)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
-        return target
+        return write_bundle(directory, meta, get_weights(self.model), list(self.model.state_dict().keys()))
 
     @classmethod
     def load(
@@ -253,46 +211,6 @@ class Detector:
         det.metadata = dict(bundle.metadata)
         det.model.eval()
         return det
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-_RENAME_EXCHANGE = 2
-_AT_FDCWD = -100
-
-
-def _exchange(a: Path, b: Path) -> bool:
-    """Atomically swap two paths with Linux renameat2(RENAME_EXCHANGE); False when unsupported."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        fn = libc.renameat2
-    except (OSError, AttributeError):
-        return False
-    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    rc = fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
-    return rc == 0
-
-
-def _swap_in(new: Path, target: Path) -> None:
-    """Make ``new`` appear at ``target``; on return ``new`` holds the old bundle (or is gone)."""
-    if not target.exists():
-        try:
-            os.rename(new, target)
-            return
-        except OSError:
-            if not target.exists():
-                raise
-    if _exchange(new, target):
-        return
-    # Fallback (non-Linux or a filesystem without RENAME_EXCHANGE): a short window where the target is
-    # missing; readers see the temp sibling and retry.
-    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-old-", dir=target.parent))
-    os.rmdir(old)
-    os.rename(target, old)
-    os.rename(new, target)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def detector_from_weights(
