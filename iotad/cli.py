@@ -8,7 +8,6 @@ the small commands start fast.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import shlex
@@ -295,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
-    from iotad.data.loader import SchemaError
+    from iotad.data.schema import SchemaError  # pure module: no pandas for a command that needs none
 
     try:
         args.func(args)
@@ -306,11 +305,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         err.print("interrupted")
         return 130
     return 0
-
-
-def dump_json(obj: object, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 if __name__ == "__main__":

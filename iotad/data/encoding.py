@@ -33,6 +33,7 @@ from iotad.data.schema import (
     REJECT_REASONS,
     TRAFFIC_TYPES,
     TYPE_COLUMN,
+    SchemaError,
 )
 
 OTHER = "<other>"
@@ -172,10 +173,6 @@ def _label_value(raw: str) -> int:
 
 def _type_code(raw: str) -> int:
     return TYPE_CODES.get(raw.strip(), -2)
-
-
-class SchemaError(ValueError):
-    """Input that is not an Edge-IIoTset CSV: missing file, wrong or missing header."""
 
 
 @dataclass

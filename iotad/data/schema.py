@@ -90,3 +90,7 @@ N_FEATURES = len(FEATURE_NAMES)
 REJECT_REASONS: tuple[str, ...] = (
     "column_count", "non_numeric", "non_finite", "shifted", "bad_label", "duplicate",
 )
+
+
+class SchemaError(ValueError):
+    """Input that is not an Edge-IIoTset CSV: missing file, wrong or missing header."""

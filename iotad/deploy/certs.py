@@ -27,10 +27,6 @@ class CertPaths:
         return self.root / "ca.crt"
 
     @property
-    def ca_key(self) -> Path:
-        return self.root / "ca.key"
-
-    @property
     def server_cert(self) -> Path:
         return self.root / "server.pem"
 
