@@ -173,6 +173,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=20_000, help="flows scored per batch size and scorer")
     ap.add_argument("--batch-sizes", default="32,512,2048")
+    ap.add_argument("--members", type=int, default=4, help="ensemble size of the bench's own bundle")
     ap.add_argument("--rss-seconds", type=float, default=20.0, help="run time of each agent process (0: skip)")
     ap.add_argument("--model-dir", type=Path, default=None,
                     help="bundle for the process runs (default: the bench's own untrained bundle)")
@@ -203,7 +204,7 @@ def main(argv: list[str] | None = None) -> dict:
     tr = load_traffic([csv])
     scaler = Scaler.from_stats(FeatureStats.of(tr.features[tr.labels == 0]))
     torch.manual_seed(0)
-    weights = get_weights(Autoencoder(len(FEATURE_NAMES)))
+    weights = get_weights(Autoencoder(len(FEATURE_NAMES), members=args.members))
     detector_from_weights(weights, scaler, 0.01, round=1, feature_names=FEATURE_NAMES).save(tmp / "model")
 
     rows_out = []

@@ -7,7 +7,7 @@ quantile moves by several hundredths between seeds of the same training (docs/re
 reports means, spreads and the paired difference with its standard error; one JSON per data set,
 ``OUT/parity-NAME.json``.
 
-    python -m bench.bench_parity --data synth=D5 dirichlet=DN iid=DI [--seeds 8 --central-epochs 20 60]
+    python -m bench.bench_parity --data synth=D5 dirichlet=DN iid=DI [--seeds 8 --central-epochs 20 60 --members 4]
 
 ``D5``: ``iotad synth --devices 5 --rows-per-device 20000 --seed 11`` (the generator's split: every
 device has its own sensor profiles and attack mix); ``DN``: ``iotad partition --csv D5/device-*/traffic.csv
@@ -36,11 +36,13 @@ def _run(args: list[str]) -> dict[str, Any]:
     return dict(json.loads((Path(args[-1]) / "metrics.json").read_text()))
 
 
-def compare(data: Path, seeds: int, rounds: int, central_epochs: list[int], work: Path) -> dict[str, Any]:
+def compare(
+    data: Path, seeds: int, rounds: int, central_epochs: list[int], work: Path, members: int
+) -> dict[str, Any]:
     """Per-seed federated and centralised F1 / ROC-AUC on one data set, and their summary."""
     pairs = []
     for seed in range(seeds):
-        common = ["--data", str(data), "--seed", str(seed)]
+        common = ["--data", str(data), "--seed", str(seed), "--members", str(members)]
         fed = _run(["simulate", *common, "--rounds", str(rounds), "--out", str(work / f"F{seed}")])
         row = {"seed": seed, "federated_f1": fed["f1"], "federated_roc_auc": fed["roc_auc"]}
         for epochs in central_epochs:
@@ -75,6 +77,7 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=8)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--central-epochs", type=int, nargs="+", default=[20])
+    p.add_argument("--members", type=int, default=4, help="autoencoders in the ensemble (both sides)")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     a = p.parse_args()
     sets = dict(item.split("=", 1) for item in a.data)
@@ -83,8 +86,8 @@ def main() -> None:
         for name, data in sets.items():
             print(name, flush=True)
             t0 = time.monotonic()
-            r = compare(Path(data).resolve(), a.seeds, a.rounds, a.central_epochs, Path(tmp) / name)
-            r |= {"name": name, "seeds": a.seeds, "rounds": a.rounds, "data_kind": "synthetic",
+            r = compare(Path(data).resolve(), a.seeds, a.rounds, a.central_epochs, Path(tmp) / name, a.members)
+            r |= {"name": name, "seeds": a.seeds, "rounds": a.rounds, "members": a.members, "data_kind": "synthetic",
                   "seconds": time.monotonic() - t0}
             (a.out / f"parity-{name}.json").write_text(json.dumps(r, indent=2) + "\n")
             print(f"{name}: F1 federated {r['federated_f1_mean']:.3f} ± {r['federated_f1_sd']:.3f}")

@@ -64,13 +64,15 @@ class Bundle:
         Input width of the model, the scaler and the residual scale.
     feature_names : list of str or None
         Feature column names, when the bundle stores them.
-    hidden, dropout
-        Autoencoder shape (:class:`iotad.model.Autoencoder`).
+    hidden, dropout, members
+        Autoencoder shape (:class:`iotad.model.Autoencoder`); ``members`` is 1 in bundles that predate
+        ensembles.
     arrays : tuple of np.ndarray
-        Model weights in ``state_dict`` order: (weight (out, in), bias (out,)) per linear layer.
+        Model weights in ``state_dict`` order: (weight (out, in), bias (out,)) per linear layer, member by
+        member.
     scaler : Scaler
     residual_scale : ResidualScale or None
-        None: plain reconstruction MSE scores.
+        One column per feature and member; None: plain reconstruction MSE scores.
     threshold : float or None
         None: the bundle can score but not flag.
     quantile, round, metadata
@@ -82,6 +84,7 @@ class Bundle:
     feature_names: list[str] | None
     hidden: tuple[int, ...]
     dropout: float
+    members: int
     arrays: tuple[np.ndarray, ...]
     scaler: Scaler
     residual_scale: ResidualScale | None
@@ -201,7 +204,7 @@ def _read_once(d: Path, feature_names: Sequence[str] | None, n_features: int | N
         raise BundleError(f"{d}: bundle.json lacks {e}") from e
     _check_features(d, n, names, feature_names, n_features)
     raw = _read_weights_file(d, wmeta)
-    hidden, dropout = _model_shape(d, model_hp, n)
+    hidden, dropout, members = _model_shape(d, model_hp, n)
     arrays = _load_arrays(d, raw)
     try:
         scaler = Scaler.from_dict(meta["scaler"])
@@ -209,7 +212,7 @@ def _read_once(d: Path, feature_names: Sequence[str] | None, n_features: int | N
         raise BundleError(f"{d}: malformed scaler ({e})") from e
     if scaler.n_features != n:
         raise BundleError(f"{d}: scaler has {scaler.n_features} features, model {n}")
-    residual_scale = _residual_scale(d, meta.get("residual_scale"), n)
+    residual_scale = _residual_scale(d, meta.get("residual_scale"), n * members)
     thr = meta.get("threshold")
     return Bundle(
         directory=d,
@@ -217,6 +220,7 @@ def _read_once(d: Path, feature_names: Sequence[str] | None, n_features: int | N
         feature_names=None if names is None else [str(x) for x in names],
         hidden=hidden,
         dropout=dropout,
+        members=members,
         arrays=arrays,
         scaler=scaler,
         residual_scale=residual_scale,
@@ -270,18 +274,20 @@ def _read_weights_file(d: Path, wmeta: Any) -> bytes:
     return raw
 
 
-def _model_shape(d: Path, model_hp: Any, n: int) -> tuple[tuple[int, ...], float]:
+def _model_shape(d: Path, model_hp: Any, n: int) -> tuple[tuple[int, ...], float, int]:
     try:
         hidden = tuple(int(h) for h in model_hp["hidden"])  # every bundle records its architecture
         dropout = float(model_hp.get("dropout", 0.0))  # inference ignores dropout
+        members = int(model_hp.get("members", 1))
         model_n = int(model_hp.get("n_features", n))
     except (AttributeError, KeyError, TypeError, ValueError) as e:
         raise BundleError(f"{d}: malformed model entry ({e})") from e
-    if not hidden or any(h < 1 for h in hidden) or not 0.0 <= dropout < 1.0:
-        raise BundleError(f"{d}: malformed model entry (hidden {list(hidden)}, dropout {dropout})")
+    if not hidden or any(h < 1 for h in hidden) or not 0.0 <= dropout < 1.0 or members < 1:
+        raise BundleError(
+            f"{d}: malformed model entry (hidden {list(hidden)}, dropout {dropout}, members {members})")
     if model_n != n:
         raise BundleError(f"{d}: model n_features {model_hp.get('n_features')} != bundle n_features {n}")
-    return hidden, dropout
+    return hidden, dropout, members
 
 
 def _load_arrays(d: Path, raw: bytes) -> tuple[np.ndarray, ...]:
@@ -300,5 +306,5 @@ def _residual_scale(d: Path, rs: Any, n: int) -> ResidualScale | None:
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise BundleError(f"{d}: malformed residual_scale ({e})") from e
     if scale.n_features != n:
-        raise BundleError(f"{d}: residual scale has {scale.n_features} features, model {n}")
+        raise BundleError(f"{d}: residual scale has {scale.n_features} columns, the model's residual {n}")
     return scale

@@ -22,6 +22,7 @@ from iotad.data.schema import FEATURE_NAMES, N_FEATURES, NORMAL
 from iotad.data.splits import split_normal
 from iotad.detector import Detector
 from iotad.evaluation import ClassHistograms, metrics_from_histograms
+from iotad.model import DEFAULT_MEMBERS
 from iotad.runs import data_kind, device_dirs, model_dir, write_run
 from iotad.train import TrainConfig
 
@@ -51,6 +52,7 @@ def run_centralized(
     epochs: int = 20,
     quantile: float = 0.99,
     seed: int = 0,
+    members: int = DEFAULT_MEMBERS,
 ) -> dict[str, Any]:
     """Train on pooled normal traffic, calibrate, evaluate; write the run folder."""
     out = Path(out)
@@ -75,7 +77,7 @@ def run_centralized(
     cfg = TrainConfig(epochs=epochs, seed=seed)
     with torch.random.fork_rng():  # seeded initial weights: the same command gives the same model
         torch.manual_seed(seed)
-        detector = Detector(N_FEATURES, feature_names=FEATURE_NAMES)
+        detector = Detector(N_FEATURES, members=members, feature_names=FEATURE_NAMES)
     detector.fit(train.features, calibration.features, cfg, quantile)
     detector.metadata = {"source": "centralized"}
     assert detector.threshold is not None and detector.train_result is not None
@@ -96,6 +98,7 @@ def run_centralized(
             "epochs": epochs,
             "quantile": quantile,
             "seed": seed,
+            "members": members,
             "rows": {"train": len(train), "calibration": len(calibration), "evaluation": len(evaluation)},
             "rejected": rejected,
             "train_seconds": detector.train_result.seconds,

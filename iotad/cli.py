@@ -43,7 +43,7 @@ def _centralized(a: argparse.Namespace) -> None:
         raise UsageError("--train-csv needs --eval-csv")
     metrics = run_centralized(
         out=a.out, data=a.data, train_csv=a.train_csv, eval_csv=a.eval_csv,
-        epochs=a.epochs, quantile=a.quantile, seed=a.seed,
+        epochs=a.epochs, quantile=a.quantile, seed=a.seed, members=a.members,
     )
     _print_summary(metrics, a.out)
 
@@ -53,7 +53,7 @@ def _simulate(a: argparse.Namespace) -> None:
 
     metrics = simulate(
         data=a.data, rounds=a.rounds, out=a.out, devices=a.devices, strategy=a.strategy,
-        fraction=a.fraction, local_epochs=a.local_epochs, quantile=a.quantile, seed=a.seed,
+        fraction=a.fraction, local_epochs=a.local_epochs, quantile=a.quantile, seed=a.seed, members=a.members,
     )
     _print_summary(metrics, a.out)
 
@@ -183,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--epochs", type=int, default=20, help="training epochs over the pooled rows")
     s.add_argument("--quantile", type=float, default=0.99)
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--members", type=int, default=4, help="autoencoders in the ensemble")
     s.add_argument("--out", type=Path, required=True)
     s.set_defaults(func=_centralized)
 
@@ -195,6 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--local-epochs", type=int, default=12)
     s.add_argument("--quantile", type=float, default=0.99)
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--members", type=int, default=4, help="autoencoders in the ensemble")
     s.add_argument("--out", type=Path, required=True)
     s.set_defaults(func=_simulate)
 

@@ -31,7 +31,7 @@ from iotad.bundle import (
     read_bundle,
     write_bundle,
 )
-from iotad.model import DEFAULT_DROPOUT, DEFAULT_HIDDEN, Autoencoder
+from iotad.model import DEFAULT_DROPOUT, DEFAULT_HIDDEN, DEFAULT_MEMBERS, Autoencoder, members_for
 from iotad.preprocessing import FeatureStats, ResidualScale, Scaler
 from iotad.threshold import error_histogram, threshold_from_histogram
 from iotad.train import (
@@ -63,7 +63,7 @@ class Detector:
     ----------
     n_features : int
         Input width.
-    hidden, dropout
+    hidden, dropout, members
         Autoencoder shape (see :class:`iotad.model.Autoencoder`).
     feature_names : sequence of str, optional
         Names of the feature columns, stored in the bundle and checked on load.
@@ -75,13 +75,14 @@ class Detector:
         *,
         hidden: Sequence[int] = DEFAULT_HIDDEN,
         dropout: float = DEFAULT_DROPOUT,
+        members: int = DEFAULT_MEMBERS,
         feature_names: Sequence[str] | None = None,
     ) -> None:
         if feature_names is not None and len(feature_names) != n_features:
             raise ValueError(f"{len(feature_names)} feature names for {n_features} features")
         self.n_features = int(n_features)
         self.feature_names: list[str] | None = list(feature_names) if feature_names is not None else None
-        self.model = Autoencoder(n_features, hidden, dropout)
+        self.model = Autoencoder(n_features, hidden, dropout, members)
         self.scaler: Scaler | None = None
         self.residual_scale: ResidualScale | None = None
         self.threshold: float | None = None
@@ -197,7 +198,7 @@ class Detector:
     @classmethod
     def from_bundle(cls, bundle: Bundle) -> Detector:
         """Build the torch detector of a bundle read by :func:`iotad.bundle.read_bundle`."""
-        det = cls(bundle.n_features, hidden=bundle.hidden, dropout=bundle.dropout,
+        det = cls(bundle.n_features, hidden=bundle.hidden, dropout=bundle.dropout, members=bundle.members,
                   feature_names=bundle.feature_names)
         try:
             set_weights(det.model, bundle.arrays)
@@ -227,13 +228,16 @@ def detector_from_weights(
     residual_scale: ResidualScale | None = None,
 ) -> Detector:
     """Assemble a detector from federated state (global weights, scaler, residual scale, threshold), e.g. to
-    save a bundle. Without ``residual_scale`` the detector scores plain reconstruction MSE."""
-    det = Detector(scaler.n_features, hidden=hidden, dropout=dropout, feature_names=feature_names)
+    save a bundle; the ensemble size follows from the number of weight arrays. Without ``residual_scale``
+    the detector scores plain reconstruction MSE."""
+    det = Detector(scaler.n_features, hidden=hidden, dropout=dropout, members=members_for(len(weights), hidden),
+                   feature_names=feature_names)
     set_weights(det.model, list(weights))
     det.model.eval()
     det.scaler = scaler
-    if residual_scale is not None and residual_scale.n_features != scaler.n_features:
-        raise ValueError(f"residual scale has {residual_scale.n_features} features, scaler {scaler.n_features}")
+    if residual_scale is not None and residual_scale.n_features != det.model.n_outputs:
+        raise ValueError(f"residual scale has {residual_scale.n_features} columns, the model's residual "
+                         f"{det.model.n_outputs}")
     det.residual_scale = residual_scale
     det.threshold = None if threshold is None else float(threshold)
     det.quantile = float(quantile)

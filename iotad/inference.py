@@ -64,7 +64,8 @@ class NumpyDetector:
     """Scores rows with a bundle's autoencoder in numpy; same scores and flags as the torch detector.
 
     Every linear layer is followed by ReLU except the last, followed by Tanh (dropout is the identity at
-    inference). Computed in float32 in batches of :data:`SCORE_BATCH` rows.
+    inference); an ensemble's score is the mean over its members' residuals. Computed in float32 in
+    batches of :data:`SCORE_BATCH` rows.
 
     Parameters
     ----------
@@ -78,15 +79,18 @@ class NumpyDetector:
     """
 
     def __init__(self, bundle: Bundle) -> None:
-        want = expected_shapes(bundle.n_features, bundle.hidden)
+        member_shapes = expected_shapes(bundle.n_features, bundle.hidden)
+        want = member_shapes * bundle.members
         got = [tuple(a.shape) for a in bundle.arrays]
         if got != want:
             raise BundleError(f"{bundle.directory}: weights do not fit the model: {_shape_mismatch(want, got)}")
         # Weights transposed once to (in, out), contiguous: a batch is then x @ w + b per layer.
-        self._layers = [
+        layers = [
             (np.ascontiguousarray(w.T, dtype=np.float32), np.asarray(b, dtype=np.float32))
             for w, b in zip(bundle.arrays[0::2], bundle.arrays[1::2], strict=True)
         ]
+        per_member = len(member_shapes) // 2
+        self._members = [layers[i : i + per_member] for i in range(0, len(layers), per_member)]
         self.n_features = bundle.n_features
         self.feature_names: list[str] | None = bundle.feature_names
         self.hidden = bundle.hidden
@@ -136,26 +140,32 @@ class NumpyDetector:
         # Scratch buffers for one batch, reused across the batches of this call (none kept on the instance,
         # so concurrent calls are safe).
         rows = min(n, SCORE_BATCH)
-        bufs = [np.empty((rows, b.shape[0]), dtype=np.float32) for _, b in self._layers]
+        bufs = [np.empty((rows, b.shape[0]), dtype=np.float32) for _, b in self._members[0]]
         for start in range(0, n, SCORE_BATCH):
             xb = x[start : start + SCORE_BATCH]
             out[start : start + len(xb)] = self._batch_errors(xb, [buf[: len(xb)] for buf in bufs])
         return out
 
     def _batch_errors(self, xb: np.ndarray, bufs: list[np.ndarray]) -> np.ndarray:
-        h = xb
-        last = len(self._layers) - 1
-        for i, ((w, b), buf) in enumerate(zip(self._layers, bufs, strict=True)):
-            np.matmul(h, w, out=buf)
-            buf += b
-            if i < last:
-                np.maximum(buf, 0.0, out=buf)
+        err = np.zeros(len(xb), dtype=np.float32)
+        n = self.n_features
+        for k, layers in enumerate(self._members):
+            h = xb
+            last = len(layers) - 1
+            for i, ((w, b), buf) in enumerate(zip(layers, bufs, strict=True)):
+                np.matmul(h, w, out=buf)
+                buf += b
+                if i < last:
+                    np.maximum(buf, 0.0, out=buf)
+                else:
+                    np.tanh(buf, out=buf)
+                h = buf
+            h -= xb  # residual, in the output layer's buffer
+            np.square(h, out=h)
+            if self._feature_weights is None:
+                err += np.sum(h, axis=1) / (n * len(self._members))
             else:
-                np.tanh(buf, out=buf)
-            h = buf
-        h -= xb  # residual, in the output layer's buffer
-        np.square(h, out=h)
-        err = np.mean(h, axis=1) if self._feature_weights is None else h @ self._feature_weights
+                err += h @ self._feature_weights[k * n : (k + 1) * n]
         return err.astype(np.float64)
 
     def predict(self, features: np.ndarray) -> np.ndarray:

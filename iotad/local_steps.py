@@ -37,7 +37,7 @@ def feature_stats(splits: Splits) -> FeatureStats:
 
 
 def _model(weights: Sequence[np.ndarray], n_features: int) -> Autoencoder:
-    model = Autoencoder(n_features)
+    model = Autoencoder.for_weights(weights, n_features)
     set_weights(model, list(weights))
     return model
 
@@ -55,7 +55,7 @@ def train(
 def residual_stats(splits: Splits, weights: Sequence[np.ndarray], scaler: Scaler) -> ResidualScale:
     """Per-feature sums of squared residuals of the global model on the device's normal training rows.
 
-    Send ``count`` (int) and ``sumsq`` (n_features floats); the server sums both over devices
+    Send ``count`` (int) and ``sumsq`` (one float per feature and ensemble member); the server sums both over devices
     (:meth:`ResidualScale.merge_all`) and scores with the merged scale's ``weights``.
     """
     model = _model(weights, splits.train.features.shape[1])

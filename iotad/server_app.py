@@ -16,7 +16,7 @@ from iotad.telemetry import AggregatorTelemetry
 log = logging.getLogger(__name__)
 
 
-def initial_weights(seed: int) -> list:
+def initial_weights(seed: int, members: int) -> list:
     import torch
 
     from iotad.data.schema import N_FEATURES
@@ -24,7 +24,7 @@ def initial_weights(seed: int) -> list:
     from iotad.train import get_weights
 
     torch.manual_seed(seed)
-    return get_weights(Autoencoder(N_FEATURES))
+    return get_weights(Autoencoder(N_FEATURES, members=members))
 
 
 def make_server_app(overrides: dict[str, Any] | None = None) -> ServerApp:
@@ -47,7 +47,7 @@ def make_server_app(overrides: dict[str, Any] | None = None) -> ServerApp:
             telemetry.evaluated(record.metrics)
 
         history = FederatedTraining(
-            grid, cfg, store, initial_weights=lambda: initial_weights(cfg.model_seed), on_round=publish
+            grid, cfg, store, initial_weights=lambda: initial_weights(cfg.model_seed, cfg.members), on_round=publish
         ).run()
         if history:
             last = history[-1]

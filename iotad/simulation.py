@@ -30,6 +30,7 @@ def simulate(
     local_epochs: int = 12,
     quantile: float = 0.99,
     seed: int = 0,
+    members: int = 4,
     extra_config: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run ``rounds`` federated rounds over the device folders in ``data``; returns the final metrics."""
@@ -49,6 +50,7 @@ def simulate(
         "quantile": quantile,
         "split-seed": seed,
         "model-seed": seed,
+        "members": members,
         "data-dir": str(Path(data).resolve()),
         "checkpoint-dir": str((out / "checkpoints").resolve()),
         "resume": False,
@@ -87,5 +89,6 @@ def simulate(
         history=[asdict(r) for r in history],
         histograms=store.histograms(),
         bundle_dir=store.bundle_dir(latest.round),
-        extra={"strategy": strategy, "devices": n, "rounds": rounds, "fraction": fraction, "seconds": seconds},
+        extra={"strategy": strategy, "devices": n, "rounds": rounds, "fraction": fraction, "members": members,
+               "seconds": seconds},
     )

@@ -61,6 +61,7 @@ class FederationConfig:
     quantile: float = 0.99
     split_seed: int = 0
     model_seed: int = 0
+    members: int = 4  # iotad.model.DEFAULT_MEMBERS (this module stays torch-free)
     data_dir: str = ""
     checkpoint_dir: str = "runs/federated"
     resume: bool = True

@@ -207,7 +207,7 @@ def train_autoencoder(
                 step += 1
                 with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                     out = model(xb)
-                loss = torch.mean((out.float() - xb) ** 2)
+                loss = torch.mean(residual(out.float(), xb) ** 2)
                 obj = loss
                 if prox:
                     obj = loss + half_mu * sum(torch.sum((p - g) ** 2) for p, g in prox)
@@ -280,6 +280,13 @@ def _use_bf16(precision: str) -> bool:
     raise ValueError(f"unknown precision {precision!r} (expected 'fp32', 'bf16' or 'auto')")
 
 
+def residual(reconstruction: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``reconstruction - x`` for a model that returns one reconstruction of ``x`` per ensemble member side by
+    side (width a multiple of ``x``'s, :class:`iotad.model.Autoencoder`)."""
+    k = reconstruction.shape[1] // x.shape[1]
+    return reconstruction - (x if k == 1 else x.repeat(1, k))
+
+
 def _residual_batches(
     model: nn.Module, xt: torch.Tensor, batch_size: int
 ) -> Iterator[tuple[int, torch.Tensor]]:
@@ -290,7 +297,7 @@ def _residual_batches(
         with torch.inference_mode():
             for start in range(0, xt.shape[0], batch_size):
                 xb = xt[start : start + batch_size]
-                yield start, model(xb) - xb
+                yield start, residual(model(xb), xb)
     finally:
         model.train(was_training)
 
@@ -304,33 +311,39 @@ def reconstruction_errors(
 ) -> np.ndarray:
     """Per-row reconstruction error (float64, shape (n,)); eval mode, no autograd.
 
-    Without ``feature_weights``: the mean squared error over features. With them (shape (n_features,)):
-    ``sum_j feature_weights[j] * residual_j ** 2``, e.g. :attr:`iotad.preprocessing.ResidualScale.weights`
+    Without ``feature_weights``: the mean squared error over the residual's columns (features times ensemble
+    members). With them (one per column): ``sum_j feature_weights[j] * residual_j ** 2``, e.g.
+    :attr:`iotad.preprocessing.ResidualScale.weights`
     for a mean squared z-score.
     """
     xt = _as_tensor(x)
     w: torch.Tensor | None = None
     if feature_weights is not None:
         w = torch.as_tensor(np.asarray(feature_weights, dtype=np.float32))
-        if w.shape != (xt.shape[1],):
-            raise ValueError(f"feature_weights has shape {tuple(w.shape)}, expected ({xt.shape[1]},)")
+        width = _output_width(model, xt.shape[1])
+        if w.shape != (width,):
+            raise ValueError(f"feature_weights has shape {tuple(w.shape)}, expected ({width},)")
     out = np.empty(xt.shape[0], dtype=np.float64)
-    for start, residual in _residual_batches(model, xt, batch_size):
-        sq = residual**2
+    for start, r in _residual_batches(model, xt, batch_size):
+        sq = r**2
         err = torch.mean(sq, dim=1) if w is None else sq @ w
-        out[start : start + residual.shape[0]] = err.double().numpy()
+        out[start : start + r.shape[0]] = err.double().numpy()
     return out
 
 
+def _output_width(model: nn.Module, n_features: int) -> int:
+    return int(getattr(model, "n_outputs", n_features))
+
+
 def residual_sumsq(model: nn.Module, x: np.ndarray, batch_size: int = SCORE_BATCH) -> np.ndarray:
-    """Per-feature sum over rows of the squared reconstruction residual (float64, shape (n_features,)).
+    """Per-column sum over rows of the squared reconstruction residual (float64, shape (members * n_features,)).
 
     The aggregate behind :class:`iotad.preprocessing.ResidualScale`: ``ResidualScale(len(x), sums)``.
     """
     xt = _as_tensor(x)
-    total = torch.zeros(xt.shape[1], dtype=torch.float64)
-    for _, residual in _residual_batches(model, xt, batch_size):
-        total += torch.sum(residual.double() ** 2, dim=0)
+    total = torch.zeros(_output_width(model, xt.shape[1]), dtype=torch.float64)
+    for _, r in _residual_batches(model, xt, batch_size):
+        total += torch.sum(r.double() ** 2, dim=0)
     return total.numpy()
 
 

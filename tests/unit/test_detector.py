@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from iotad.detector import BUNDLE_JSON, WEIGHTS_NPZ, BundleError, Detector, detector_from_weights
+from iotad.model import DEFAULT_MEMBERS
 from iotad.preprocessing import ResidualScale, Scaler
 from iotad.train import TrainConfig, get_weights, reconstruction_errors, residual_sumsq
 
@@ -79,7 +80,8 @@ def test_save_load_round_trip(fitted: Detector, tmp_path: Path) -> None:
     assert sorted(p.name for p in out.iterdir()) == [BUNDLE_JSON, WEIGHTS_NPZ]
     meta = json.loads((out / BUNDLE_JSON).read_text())
     assert meta["n_features"] == N_FEATURES and meta["feature_names"] == NAMES and meta["round"] == 3
-    assert meta["model"] == {"n_features": N_FEATURES, "hidden": [16, 8, 3], "dropout": 0.0}
+    assert meta["model"] == {"n_features": N_FEATURES, "hidden": [16, 8, 3], "dropout": 0.0,
+                             "members": DEFAULT_MEMBERS}
     with np.load(out / WEIGHTS_NPZ, allow_pickle=False) as npz:  # plain arrays, no pickle
         assert len(npz.files) == len(get_weights(fitted.model))
 
@@ -120,6 +122,25 @@ def test_load_rejects_missing_or_broken_bundles(fitted: Detector, tmp_path: Path
     (d / BUNDLE_JSON).write_text(json.dumps({"format": "something-else"}))
     with pytest.raises(BundleError, match="not an iotad model bundle"):
         Detector.load(d)
+
+
+def test_member_count_and_residual_width_are_checked_on_load(fitted: Detector, tmp_path: Path) -> None:
+    d = fitted.save(tmp_path / "m")
+    meta = json.loads((d / BUNDLE_JSON).read_text())
+    # A bundle from before ensembles has no member count: one autoencoder, whose weights these are not.
+    del meta["model"]["members"]
+    (d / BUNDLE_JSON).write_text(json.dumps(meta))
+    with pytest.raises(BundleError, match=r"residual scale has .* columns"):
+        Detector.load(d)
+    meta["model"]["members"] = 0
+    (d / BUNDLE_JSON).write_text(json.dumps(meta))
+    with pytest.raises(BundleError, match="members 0"):
+        Detector.load(d)
+    one = detector_from_weights(get_weights(fitted.model)[:12], fitted.scaler, 1.0, hidden=(16, 8, 3))
+    assert one.model.members == 1
+    with pytest.raises(ValueError, match="residual scale has"):
+        detector_from_weights(get_weights(fitted.model)[:12], fitted.scaler, 1.0, hidden=(16, 8, 3),
+                              residual_scale=fitted.residual_scale)
 
 
 def test_load_detects_weights_that_do_not_match_the_json(fitted: Detector, tmp_path: Path) -> None:

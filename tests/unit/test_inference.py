@@ -87,13 +87,13 @@ def test_numpy_scores_equal_torch_scores(bundle_dir: Path) -> None:
     assert np_det.residual_scale is not None and np_det.scaler.n_features == N_FEATURES
 
 
-@pytest.mark.parametrize("hidden", [(5,), (12, 4), DEFAULT_HIDDEN])
+@pytest.mark.parametrize(("hidden", "members"), [((5,), 1), ((12, 4), 3), (DEFAULT_HIDDEN, 4)])
 def test_numpy_matches_torch_without_residual_scale_and_other_shapes(
-    fitted: Detector, tmp_path: Path, hidden: tuple[int, ...]
+    fitted: Detector, tmp_path: Path, hidden: tuple[int, ...], members: int
 ) -> None:
-    """Plain MSE scores (a bundle without a residual scale) and other depths, untrained weights."""
+    """Plain MSE scores (a bundle without a residual scale), other depths and ensemble sizes, untrained."""
     assert fitted.scaler is not None
-    model = Autoencoder(N_FEATURES, hidden)
+    model = Autoencoder(N_FEATURES, hidden, members=members)
     det = detector_from_weights(get_weights(model), fitted.scaler, 0.05, hidden=hidden)
     d = det.save(tmp_path / "plain")
     np_det = NumpyDetector.load(d)
@@ -131,8 +131,9 @@ def test_bundle_without_threshold_cannot_predict(fitted: Detector, tmp_path: Pat
 
 def test_expected_shapes_follow_the_torch_model() -> None:
     for hidden in [(5,), (12, 4), (16, 8, 3), DEFAULT_HIDDEN]:
-        torch_shapes = [tuple(v.shape) for v in Autoencoder(N_FEATURES, hidden, dropout=0.2).state_dict().values()]
-        assert expected_shapes(N_FEATURES, hidden) == torch_shapes
+        model = Autoencoder(N_FEATURES, hidden, dropout=0.2, members=2)
+        torch_shapes = [tuple(v.shape) for v in model.state_dict().values()]
+        assert expected_shapes(N_FEATURES, hidden) * 2 == torch_shapes
 
 
 def test_bundle_names_stay_importable_from_detector() -> None:

@@ -11,6 +11,7 @@ from flwr.serverapp.strategy import FedAvg, FedMedian, FedProx, FedTrimmedAvg, K
 from flwr.supercore.task_identity import TaskIdentity
 
 from iotad.client_app import training_seed
+from iotad.model import DEFAULT_MEMBERS
 from iotad.records import config_int
 from iotad.strategy import FederationConfig, in_content_order, make_strategy, screen_updates
 
@@ -35,6 +36,7 @@ def test_run_config_keys_and_strategies() -> None:
     cfg = FederationConfig.from_run_config({"num-server-rounds": 7, "strategy": "krum", "local-epochs": 3,
                                             "unrelated-key": 1})
     assert (cfg.num_rounds, cfg.strategy, cfg.local_epochs) == (7, "krum", 3)
+    assert FederationConfig().members == DEFAULT_MEMBERS  # the literal keeps strategy.py torch-free
     expected = {"fedavg": FedAvg, "fedprox": FedProx, "fedmedian": FedMedian, "fedtrimmedavg": FedTrimmedAvg,
                 "krum": Krum}
     for name, cls in expected.items():

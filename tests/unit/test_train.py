@@ -108,13 +108,14 @@ def test_small_data_still_gets_several_steps() -> None:
 
 def test_reconstruction_errors_match_manual_mse_and_keep_mode() -> None:
     x = _data(100)
-    model = Autoencoder(12, hidden=(8, 4), dropout=0.5)
+    model = Autoencoder(12, hidden=(8, 4), dropout=0.5, members=3)
     model.train()
     errs = reconstruction_errors(model, x, batch_size=7)
     assert errs.dtype == np.float64 and errs.shape == (100,)
     model.eval()
-    with torch.no_grad():
-        manual = ((model(torch.from_numpy(x)) - torch.from_numpy(x)) ** 2).mean(dim=1).numpy()
+    with torch.no_grad():  # the mean over the members of each member's MSE
+        xt = torch.from_numpy(x)
+        manual = np.mean([((net(xt) - xt) ** 2).mean(dim=1).numpy() for net in model.nets], axis=0)
     np.testing.assert_allclose(errs, manual, rtol=1e-6)
     model.train()
     reconstruction_errors(model, x)
