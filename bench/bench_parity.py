@@ -37,11 +37,11 @@ def _run(args: list[str]) -> dict[str, Any]:
 
 
 def compare(
-    data: Path, seeds: int, rounds: int, central_epochs: list[int], work: Path, members: int
+    data: Path, seeds: range, rounds: int, central_epochs: list[int], work: Path, members: int
 ) -> dict[str, Any]:
     """Per-seed federated and centralised F1 / ROC-AUC on one data set, and their summary."""
     pairs = []
-    for seed in range(seeds):
+    for seed in seeds:
         common = ["--data", str(data), "--seed", str(seed), "--members", str(members)]
         fed = _run(["simulate", *common, "--rounds", str(rounds), "--out", str(work / f"F{seed}")])
         row = {"seed": seed, "federated_f1": fed["f1"], "federated_roc_auc": fed["roc_auc"]}
@@ -75,6 +75,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", nargs="+", required=True, metavar="NAME=DIR", help="device folders to compare on")
     p.add_argument("--seeds", type=int, default=8)
+    p.add_argument("--first-seed", type=int, default=0, help="run seeds first-seed .. first-seed + seeds - 1")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--central-epochs", type=int, nargs="+", default=[20])
     p.add_argument("--members", type=int, default=4, help="autoencoders in the ensemble (both sides)")
@@ -86,8 +87,10 @@ def main() -> None:
         for name, data in sets.items():
             print(name, flush=True)
             t0 = time.monotonic()
-            r = compare(Path(data).resolve(), a.seeds, a.rounds, a.central_epochs, Path(tmp) / name, a.members)
-            r |= {"name": name, "seeds": a.seeds, "rounds": a.rounds, "members": a.members, "data_kind": "synthetic",
+            seeds = range(a.first_seed, a.first_seed + a.seeds)
+            r = compare(Path(data).resolve(), seeds, a.rounds, a.central_epochs, Path(tmp) / name, a.members)
+            r |= {"name": name, "seeds": len(seeds), "first_seed": a.first_seed, "rounds": a.rounds,
+                  "members": a.members, "data_kind": "synthetic",
                   "seconds": time.monotonic() - t0}
             (a.out / f"parity-{name}.json").write_text(json.dumps(r, indent=2) + "\n")
             print(f"{name}: F1 federated {r['federated_f1_mean']:.3f} ± {r['federated_f1_sd']:.3f}")

@@ -40,7 +40,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from iotad.evaluation import ClassHistograms, metrics_from_histograms
-from iotad.model import Autoencoder, FastDropout
+from iotad.model import Autoencoder, FastDropout, MirrorAutoencoder
 from iotad.preprocessing import FeatureStats, ResidualScale, Scaler
 from iotad.threshold import error_histogram, threshold_from_histogram
 from iotad.train import TrainConfig, reconstruction_errors, residual_sumsq, train_autoencoder
@@ -95,7 +95,9 @@ class _RowDataset(Dataset[torch.Tensor]):
 def seed_model(n_features: int) -> Autoencoder:
     """The seed architecture: one member of :class:`Autoencoder`, with ``nn.Dropout``."""
     model = Autoencoder(n_features, members=1)
-    for seq in (model.nets[0].encoder, model.nets[0].decoder):
+    net = model.nets[0]
+    assert isinstance(net, MirrorAutoencoder)
+    for seq in (net.encoder, net.decoder):
         for i, layer in enumerate(seq):
             if isinstance(layer, FastDropout):
                 seq[i] = nn.Dropout(layer.p)
