@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 DEFAULT_HIDDEN: tuple[int, ...] = (128, 64, 32, 16)
-# Measured on synthetic traffic (docs/results.md, "Ensemble"): averaging 4 members' scores raised F1 and
-# halved its spread between training seeds, at ~3.5x the training and scoring compute of one member.
+# Measured on synthetic traffic (docs/benchmarks.md, "Ensemble"): averaging 4 members' scores cut the spread
+# of F1 between training seeds to a third to a half, at ~3.7x the training and 2-4x the scoring compute.
 DEFAULT_MEMBERS = 4
 # The seed used 0.2; measured on synthetic traffic it only slows convergence (higher loss and lower ROC-AUC at
 # equal epochs), and the bottleneck already regularises.

@@ -47,7 +47,7 @@ STRATEGIES = ("fedavg", "fedprox", "fedmedian", "fedtrimmedavg", "krum")
 class FederationConfig:
     """The run config (``[tool.flwr.app.config]``, kebab-case keys) the ServerApp uses."""
 
-    num_rounds: int = 3
+    num_rounds: int = 5
     strategy: str = "fedavg"
     fraction_train: float = 1.0
     fraction_evaluate: float = 1.0

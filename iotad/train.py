@@ -332,6 +332,7 @@ def reconstruction_errors(
 
 
 def _output_width(model: nn.Module, n_features: int) -> int:
+    """Residual width: an :class:`iotad.model.Autoencoder` says; any other module reconstructs once."""
     return int(getattr(model, "n_outputs", n_features))
 
 

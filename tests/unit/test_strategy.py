@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import tomllib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,6 +12,7 @@ from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg, FedMedian, FedProx, FedTrimmedAvg, Krum
 from flwr.supercore.task_identity import TaskIdentity
 
+from iotad.cli import build_parser
 from iotad.client_app import training_seed
 from iotad.model import DEFAULT_MEMBERS
 from iotad.records import config_int
@@ -43,6 +46,19 @@ def test_run_config_keys_and_strategies() -> None:
         assert type(make_strategy(FederationConfig(strategy=name))) is cls
     with pytest.raises(ValueError, match="unknown strategy"):
         FederationConfig.from_run_config({"strategy": "fedsgd"})
+
+
+def test_defaults_agree_across_pyproject_config_and_clis() -> None:
+    """The app's run config, FederationConfig and the CLIs state some defaults separately (the ServerApp
+    and the launchers stay torch-free); they must not drift apart."""
+    pyproject = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
+    run_config = pyproject["tool"]["flwr"]["app"]["config"]
+    assert FederationConfig.from_run_config(run_config) == FederationConfig()
+    parser = build_parser()
+    centralized = parser.parse_args(["centralized", "--data", "D", "--out", "R"])
+    simulate = parser.parse_args(["simulate", "--data", "D", "--rounds", "5", "--out", "F"])
+    assert centralized.members == simulate.members == run_config["members"] == DEFAULT_MEMBERS
+    assert simulate.local_epochs == run_config["local-epochs"]
 
 
 def test_poisoned_updates_are_rejected_and_counted() -> None:
