@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from iotad.checkpoint import CheckpointStore
+from iotad.model import DEFAULT_MEMBERS
 from iotad.runs import data_kind, device_dirs, write_run
 
 
@@ -30,7 +31,7 @@ def simulate(
     local_epochs: int = 12,
     quantile: float = 0.99,
     seed: int = 0,
-    members: int = 4,
+    members: int = DEFAULT_MEMBERS,
     extra_config: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run ``rounds`` federated rounds over the device folders in ``data``; returns the final metrics."""

@@ -283,8 +283,12 @@ def _use_bf16(precision: str) -> bool:
 def residual(reconstruction: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """``reconstruction - x`` for a model that returns one reconstruction of ``x`` per ensemble member side by
     side (width a multiple of ``x``'s, :class:`iotad.model.Autoencoder`)."""
-    k = reconstruction.shape[1] // x.shape[1]
-    return reconstruction - (x if k == 1 else x.repeat(1, k))
+    rows, n = x.shape
+    k = reconstruction.shape[1] // n
+    if k == 1:
+        return reconstruction - x
+    # Broadcast the input over the members instead of copying it k times.
+    return (reconstruction.view(rows, k, n) - x.unsqueeze(1)).view(rows, k * n)
 
 
 def _residual_batches(

@@ -183,6 +183,23 @@ def test_load_rejects_missing_or_broken_bundles(
 
 
 @pytest.mark.parametrize("loader", LOADERS.values(), ids=LOADERS.keys())
+def test_load_checks_the_member_count_and_residual_width(
+    fitted: Detector, tmp_path: Path, loader: Callable[..., Any]
+) -> None:
+    d = fitted.save(tmp_path / "m")
+    meta = json.loads((d / BUNDLE_JSON).read_text())
+    # A bundle from before ensembles has no member count: one autoencoder, whose weights these are not.
+    del meta["model"]["members"]
+    (d / BUNDLE_JSON).write_text(json.dumps(meta))
+    with pytest.raises(BundleError, match=r"residual scale has .* columns"):
+        loader(d)
+    meta["model"]["members"] = 0
+    (d / BUNDLE_JSON).write_text(json.dumps(meta))
+    with pytest.raises(BundleError, match="members 0"):
+        loader(d)
+
+
+@pytest.mark.parametrize("loader", LOADERS.values(), ids=LOADERS.keys())
 def test_load_detects_weights_that_do_not_match_the_json(
     fitted: Detector, tmp_path: Path, loader: Callable[..., Any]
 ) -> None:
