@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 
-def _run(args: list[str]) -> dict[str, Any]:
+def run_cli(args: list[str]) -> dict[str, Any]:
     """Run an ``iotad`` command; returns the run folder's metrics (``--out`` is the last argument)."""
     subprocess.run([sys.executable, "-m", "iotad.cli", *args], check=True, stdout=subprocess.DEVNULL,
                    stderr=subprocess.DEVNULL)
@@ -43,10 +43,10 @@ def compare(
     pairs = []
     for seed in seeds:
         common = ["--data", str(data), "--seed", str(seed), "--members", str(members)]
-        fed = _run(["simulate", *common, "--rounds", str(rounds), "--out", str(work / f"F{seed}")])
+        fed = run_cli(["simulate", *common, "--rounds", str(rounds), "--out", str(work / f"F{seed}")])
         row = {"seed": seed, "federated_f1": fed["f1"], "federated_roc_auc": fed["roc_auc"]}
         for epochs in central_epochs:
-            c = _run(["centralized", *common, "--epochs", str(epochs), "--out", str(work / f"C{epochs}-{seed}")])
+            c = run_cli(["centralized", *common, "--epochs", str(epochs), "--out", str(work / f"C{epochs}-{seed}")])
             row |= {f"central{epochs}_f1": c["f1"], f"central{epochs}_roc_auc": c["roc_auc"]}
         pairs.append(row)
         print(f"  seed {seed}: " + ", ".join(f"{k} {v:.3f}" for k, v in row.items() if k.endswith("_f1")),

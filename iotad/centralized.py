@@ -53,12 +53,18 @@ def run_centralized(
     quantile: float = 0.99,
     seed: int = 0,
     members: int = DEFAULT_MEMBERS,
+    split_seed: int | None = None,
 ) -> dict[str, Any]:
-    """Train on pooled normal traffic, calibrate, evaluate; write the run folder."""
+    """Train on pooled normal traffic, calibrate, evaluate; write the run folder.
+
+    ``seed`` fixes the initial weights and the shuffling, ``split_seed`` (default: ``seed``) the
+    train / calibration / evaluation split of the rows.
+    """
     out = Path(out)
+    split_seed = seed if split_seed is None else split_seed
     t0 = time.monotonic()
     if data is not None:
-        splits = [load_device_splits(d, seed, cache_dir=out / "cache") for d in device_dirs(data)]
+        splits = [load_device_splits(d, split_seed, cache_dir=out / "cache") for d in device_dirs(data)]
         train = Traffic.concat([s.train for s in splits])
         calibration = Traffic.concat([s.calibration for s in splits])
         evaluation = Traffic.concat([s.evaluation for s in splits])
@@ -67,7 +73,7 @@ def run_centralized(
     else:
         assert train_csv and eval_csv
         pooled = load_traffic(train_csv)
-        train, calibration = split_normal(pooled, seed)
+        train, calibration = split_normal(pooled, split_seed)
         evaluation = load_traffic(eval_csv)
         rejected = _rejected(pooled, evaluation)
         source = {"train_csv": [str(p) for p in train_csv], "eval_csv": [str(p) for p in eval_csv]}
@@ -98,6 +104,7 @@ def run_centralized(
             "epochs": epochs,
             "quantile": quantile,
             "seed": seed,
+            "split_seed": split_seed,
             "members": members,
             "rows": {"train": len(train), "calibration": len(calibration), "evaluation": len(evaluation)},
             "rejected": rejected,

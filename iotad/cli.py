@@ -43,7 +43,7 @@ def _centralized(a: argparse.Namespace) -> None:
         raise UsageError("--train-csv needs --eval-csv")
     metrics = run_centralized(
         out=a.out, data=a.data, train_csv=a.train_csv, eval_csv=a.eval_csv,
-        epochs=a.epochs, quantile=a.quantile, seed=a.seed, members=a.members,
+        epochs=a.epochs, quantile=a.quantile, seed=a.seed, members=a.members, split_seed=a.split_seed,
     )
     _print_summary(metrics, a.out)
 
@@ -54,6 +54,7 @@ def _simulate(a: argparse.Namespace) -> None:
     metrics = simulate(
         data=a.data, rounds=a.rounds, out=a.out, devices=a.devices, strategy=a.strategy,
         fraction=a.fraction, local_epochs=a.local_epochs, quantile=a.quantile, seed=a.seed, members=a.members,
+        split_seed=a.split_seed,
     )
     _print_summary(metrics, a.out)
 
@@ -182,7 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--eval-csv", type=Path, nargs="+", help="labelled CSV(s) to evaluate on")
     s.add_argument("--epochs", type=int, default=20, help="training epochs over the pooled rows")
     s.add_argument("--quantile", type=float, default=0.99)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=int, default=0, help="initial weights and shuffling")
+    s.add_argument("--split-seed", type=int, default=None, help="train/calibration/evaluation split (default: --seed)")
     s.add_argument("--members", type=int, default=4, help="autoencoders in the ensemble")
     s.add_argument("--out", type=Path, required=True)
     s.set_defaults(func=_centralized)
@@ -195,7 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--fraction", type=float, default=1.0, help="fraction of devices sampled per round")
     s.add_argument("--local-epochs", type=int, default=12)
     s.add_argument("--quantile", type=float, default=0.99)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=int, default=0, help="initial weights and shuffling")
+    s.add_argument("--split-seed", type=int, default=None, help="train/calibration/evaluation split (default: --seed)")
     s.add_argument("--members", type=int, default=4, help="autoencoders in the ensemble")
     s.add_argument("--out", type=Path, required=True)
     s.set_defaults(func=_simulate)

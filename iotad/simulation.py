@@ -32,9 +32,14 @@ def simulate(
     quantile: float = 0.99,
     seed: int = 0,
     members: int = DEFAULT_MEMBERS,
+    split_seed: int | None = None,
     extra_config: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Run ``rounds`` federated rounds over the device folders in ``data``; returns the final metrics."""
+    """Run ``rounds`` federated rounds over the device folders in ``data``; returns the final metrics.
+
+    ``seed`` fixes the initial weights and the devices' shuffling, ``split_seed`` (default: ``seed``) each
+    device's train / calibration / evaluation split, as in :func:`iotad.centralized.run_centralized`.
+    """
     found = device_dirs(data)
     n = devices or len(found)
     if n < 1 or n > len(found):
@@ -49,7 +54,7 @@ def simulate(
         "min-nodes": min(sampled, n),
         "local-epochs": local_epochs,
         "quantile": quantile,
-        "split-seed": seed,
+        "split-seed": seed if split_seed is None else split_seed,
         "model-seed": seed,
         "members": members,
         "data-dir": str(Path(data).resolve()),
@@ -91,5 +96,5 @@ def simulate(
         histograms=store.histograms(),
         bundle_dir=store.bundle_dir(latest.round),
         extra={"strategy": strategy, "devices": n, "rounds": rounds, "fraction": fraction, "members": members,
-               "seconds": seconds},
+               "seed": seed, "split_seed": overrides["split-seed"], "seconds": seconds},
     )

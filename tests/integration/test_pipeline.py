@@ -55,6 +55,20 @@ def test_centralized_and_two_round_simulation(work: Path) -> None:
         assert (work / "REP" / png).stat().st_size > 1000
 
 
+def test_split_seed_fixes_the_rows_and_seed_the_training(work: Path) -> None:
+    """``--split-seed`` picks the rows (the scaler is fitted on the training rows), ``--seed`` the training."""
+    def run(name: str, *seeds: str) -> tuple[dict, dict]:
+        assert main(["centralized", "--data", str(work / "D"), "--epochs", "1", *seeds, "--out", str(work / name)]) == 0
+        return (json.loads((work / name / "model" / "bundle.json").read_text())["scaler"],
+                json.loads((work / name / "run.json").read_text()))
+
+    scaler0, run0 = run("S0", "--seed", "0")
+    scaler1, run1 = run("S1", "--seed", "1")
+    scaler10, run10 = run("S10", "--seed", "1", "--split-seed", "0")
+    assert scaler10 == scaler0 != scaler1
+    assert (run0["split_seed"], run1["split_seed"], run10["split_seed"], run10["seed"]) == (0, 1, 0, 1)
+
+
 def test_real_rows_score_is_independent_of_empty_spelling(real: Path, tmp_path: Path) -> None:
     normal, mitm = real / REAL_NORMAL, real / REAL_MITM
     run = tmp_path / "R2"

@@ -101,3 +101,29 @@ def test_training_seed_depends_on_device_round_and_model_seed_not_node_id() -> N
     assert a != training_seed({**config, "server-round": 3}, _context(1, "plant-a"))  # type: ignore[arg-type]
     assert a != training_seed({**config, "model-seed": 1}, _context(1, "plant-a"))  # type: ignore[arg-type]
     assert config_int(config, "server-round") == 2
+
+
+@pytest.mark.parametrize(("split_seed", "expected"), [(None, 3), (0, 0)])
+def test_simulate_passes_its_split_seed_to_the_run_config(
+    split_seed: int | None, expected: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``iotad simulate --split-seed`` reaches the devices (run config ``split-seed``); the model seed stays."""
+    import iotad.server_app
+    from iotad.simulation import simulate
+
+    seen: dict[str, object] = {}
+
+    class Stop(Exception):
+        pass
+
+    def capture(overrides: dict[str, object]) -> None:
+        seen.update(overrides)
+        raise Stop
+
+    monkeypatch.setattr(iotad.server_app, "make_server_app", capture)
+    for var in ("IOTAD_CACHE_DIR", "RAY_DEDUP_LOGS"):  # simulate sets them for its run: restore them after
+        monkeypatch.setenv(var, "")
+    (tmp_path / "device-0").mkdir()
+    with pytest.raises(Stop):
+        simulate(tmp_path, rounds=1, out=tmp_path / "F", seed=3, split_seed=split_seed)
+    assert (seen["split-seed"], seen["model-seed"]) == (expected, 3)
