@@ -11,7 +11,9 @@ Layout (a directory)::
 exchange on Linux when the bundle already exists), because a device agent may hot-reload the bundle while
 it is being rewritten. :func:`read_bundle` checks the weights' sha256 and retries when the bundle changed
 under it. The torch :class:`~iotad.detector.Detector` and the device agent's
-:class:`~iotad.inference.NumpyDetector` both go through these two functions.
+:class:`~iotad.inference.NumpyDetector` both go through these two functions. :func:`save_bundle` is the one
+place that assembles ``bundle.json``: the torch detector saves through it, and the aggregator's checkpoints
+(:mod:`iotad.checkpoint`) write the global weights through it with :func:`bundle_from_weights`, without torch.
 
 This module must not import torch, directly or indirectly (a test checks it in a fresh interpreter).
 """
@@ -58,8 +60,8 @@ class Bundle:
 
     Attributes
     ----------
-    directory : Path
-        Where it was read from.
+    directory : Path or None
+        Where it was read from; None for a bundle assembled in memory (:func:`bundle_from_weights`).
     n_features : int
         Input width of the model, the scaler and the residual scale.
     feature_names : list of str or None
@@ -79,7 +81,7 @@ class Bundle:
         As written by the trainer.
     """
 
-    directory: Path
+    directory: Path | None
     n_features: int
     feature_names: list[str] | None
     hidden: tuple[int, ...]
@@ -123,6 +125,113 @@ def write_bundle(directory: str | Path, meta: dict[str, Any], arrays: Sequence[n
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def save_bundle(directory: str | Path, bundle: Bundle) -> Path:
+    """Write ``bundle`` to ``directory`` atomically (see :func:`write_bundle`); returns the directory."""
+    meta = {
+        "n_features": bundle.n_features,
+        "feature_names": bundle.feature_names,
+        "model": {"n_features": bundle.n_features, "hidden": list(bundle.hidden), "dropout": bundle.dropout,
+                  "members": bundle.members},
+        "scaler": bundle.scaler.to_dict(),
+        "residual_scale": None if bundle.residual_scale is None else bundle.residual_scale.to_dict(),
+        "threshold": bundle.threshold,
+        "quantile": bundle.quantile,
+        "round": int(bundle.round),
+        "metadata": bundle.metadata,
+    }
+    names = state_dict_names(bundle.hidden, bundle.dropout, bundle.members)
+    return write_bundle(directory, meta, bundle.arrays, names)
+
+
+def bundle_from_weights(
+    weights: Sequence[np.ndarray],
+    scaler: Scaler,
+    threshold: float | None,
+    *,
+    hidden: Sequence[int],
+    dropout: float,
+    quantile: float = DEFAULT_QUANTILE,
+    round: int = 0,
+    feature_names: Sequence[str] | None = None,
+    metadata: dict[str, Any] | None = None,
+    residual_scale: ResidualScale | None = None,
+) -> Bundle:
+    """An in-memory bundle of federated state (global weights in ``state_dict`` order, scaler, residual
+    scale, threshold), checked; the ensemble size follows from the number of weight arrays.
+
+    Raises
+    ------
+    ValueError
+        Feature names, weights or residual scale that do not fit (:class:`BundleError` for the weights).
+    """
+    n = scaler.n_features
+    if feature_names is not None and len(feature_names) != n:
+        raise ValueError(f"{len(feature_names)} feature names for {n} features")
+    members = model_members(weights, n, hidden)
+    if residual_scale is not None and residual_scale.n_features != n * members:
+        raise ValueError(f"residual scale has {residual_scale.n_features} columns, the model's residual "
+                         f"{n * members}")
+    return Bundle(
+        directory=None,
+        n_features=n,
+        feature_names=None if feature_names is None else list(feature_names),
+        hidden=tuple(int(h) for h in hidden),
+        dropout=float(dropout),
+        members=members,
+        # The model's parameters are float32 (torch's default dtype): stored as the torch detector stores
+        # them after loading these weights (C order, float32 copies).
+        arrays=tuple(np.array(w, dtype=np.float32, order="C") for w in weights),
+        scaler=scaler,
+        residual_scale=residual_scale,
+        threshold=None if threshold is None else float(threshold),
+        quantile=float(quantile),
+        round=int(round),
+        metadata=dict(metadata or {}),
+    )
+
+
+def model_members(weights: Sequence[Any], n_features: int, hidden: Sequence[int]) -> int:
+    """Ensemble size of the :class:`iotad.model.Autoencoder` whose ``state_dict`` arrays are ``weights``.
+
+    Raises
+    ------
+    BundleError
+        The arrays do not make whole members of that shape.
+    """
+    from iotad.inference import expected_shapes  # at call time: iotad.inference imports this module
+
+    member = expected_shapes(n_features, hidden)
+    if not weights or len(weights) % len(member):
+        raise BundleError(f"{len(weights)} weight arrays do not make whole members of {len(member)} arrays")
+    got = [tuple(np.shape(w)) for w in weights]
+    want = member * (len(weights) // len(member))
+    if got != want:
+        i = next(i for i, (a, b) in enumerate(zip(want, got, strict=True)) if a != b)
+        raise BundleError(f"weights do not fit the model: array {i}: expected shape {want[i]}, got {got[i]}")
+    return len(weights) // len(member)
+
+
+def state_dict_names(hidden: Sequence[int], dropout: float, members: int) -> list[str]:
+    """The ``state_dict`` keys of ``iotad.model.Autoencoder(n, hidden, dropout, members)``, without torch.
+
+    Each member (``nets.<m>``) is an ``encoder`` and a ``decoder`` ``nn.Sequential``: a Linear + activation
+    per layer, and with ``dropout > 0`` a parameter-free dropout module after every hidden layer except the
+    bottleneck, which shifts the indices. A test checks this against the torch model.
+    """
+    def linears(prefix: str, n_layers: int, dropout_after: list[bool]) -> list[str]:
+        names, index = [], 0
+        for layer in range(n_layers):
+            names += [f"{prefix}.{index}.weight", f"{prefix}.{index}.bias"]
+            index += 3 if dropout > 0 and dropout_after[layer] else 2
+        return names
+
+    k = len(hidden)
+    encoder = [i < k - 1 for i in range(k)]  # dropout after every encoder layer but the bottleneck
+    decoder = [True] * (k - 1) + [False]  # after every decoder layer but the output
+    return [name for m in range(members)
+            for name in linears(f"nets.{m}.encoder", k, encoder) + linears(f"nets.{m}.decoder", k, decoder)]
 
 
 _RENAME_EXCHANGE = 2

@@ -9,6 +9,9 @@ Layout of a checkpoint folder::
 
 A run lost with its SuperLink resumes from ``latest``: same weights, scaler and
 threshold, the remaining rounds.
+
+This module must not import torch, directly or indirectly (a test checks it in a fresh interpreter): the
+aggregator's launcher and its ServerApp process import it, and torch would cost each ~180 MiB of memory.
 """
 
 from __future__ import annotations
@@ -22,10 +25,15 @@ from typing import Any
 
 import numpy as np
 
+from iotad.bundle import BundleError, bundle_from_weights, model_members, read_bundle, save_bundle
 from iotad.data.schema import FEATURE_NAMES
-from iotad.detector import Detector, detector_from_weights
 from iotad.evaluation import ClassHistograms
 from iotad.preprocessing import ResidualScale, Scaler
+
+# The federated model's shape: iotad.model's DEFAULT_HIDDEN and DEFAULT_DROPOUT (the ClientApp trains the
+# default Autoencoder), copied because this module stays torch-free; a test checks they are equal.
+MODEL_HIDDEN: tuple[int, ...] = (128, 64, 32, 16)
+MODEL_DROPOUT = 0.0
 
 
 @dataclass
@@ -69,10 +77,11 @@ class CheckpointStore:
 
     def save(self, ckpt: Checkpoint, history: list[RoundRecord], histograms: ClassHistograms) -> Path:
         self.root.mkdir(parents=True, exist_ok=True)
-        bundle = detector_from_weights(
-            ckpt.weights, ckpt.scaler, ckpt.threshold, quantile=ckpt.quantile, round=ckpt.round,
-            feature_names=FEATURE_NAMES, metadata={"source": "federated"}, residual_scale=ckpt.residual,
-        ).save(self.bundle_dir(ckpt.round))
+        bundle = save_bundle(self.bundle_dir(ckpt.round), bundle_from_weights(
+            ckpt.weights, ckpt.scaler, ckpt.threshold, hidden=MODEL_HIDDEN, dropout=MODEL_DROPOUT,
+            quantile=ckpt.quantile, round=ckpt.round, feature_names=FEATURE_NAMES, metadata={"source": "federated"},
+            residual_scale=ckpt.residual,
+        ))
         write_json_atomic(self.root / "eval_histograms.json", histograms.to_dict())
         write_json_atomic(self.root / "history.json", [asdict(r) for r in history])
         write_json_atomic(self.root / "latest.json", {"round": ckpt.round})
@@ -83,13 +92,15 @@ class CheckpointStore:
             server_round = int(json.loads((self.root / "latest.json").read_text())["round"])
         except FileNotFoundError:
             return None
-        det = Detector.load(self.bundle_dir(server_round), feature_names=FEATURE_NAMES)
-        assert det.scaler is not None and det.threshold is not None
-        from iotad.train import get_weights
-
-        return Checkpoint(
-            server_round, get_weights(det.model), det.scaler, det.threshold, det.quantile, det.residual_scale
-        )
+        b = read_bundle(self.bundle_dir(server_round), feature_names=FEATURE_NAMES)
+        try:  # what loading the torch model checked: the weights fit the recorded shape
+            members = model_members(b.arrays, b.n_features, b.hidden)
+        except BundleError as e:
+            raise BundleError(f"{b.directory}: {e}") from e
+        if members != b.members:
+            raise BundleError(f"{b.directory}: {len(b.arrays)} weight arrays for {b.members} members")
+        assert b.threshold is not None
+        return Checkpoint(server_round, list(b.arrays), b.scaler, b.threshold, b.quantile, b.residual_scale)
 
     def histograms(self) -> ClassHistograms:
         return ClassHistograms.from_dict(json.loads((self.root / "eval_histograms.json").read_text()))

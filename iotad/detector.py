@@ -28,10 +28,11 @@ from iotad.bundle import (
     WEIGHTS_NPZ,
     Bundle,
     BundleError,
+    bundle_from_weights,
     read_bundle,
-    write_bundle,
+    save_bundle,
 )
-from iotad.model import DEFAULT_DROPOUT, DEFAULT_HIDDEN, DEFAULT_MEMBERS, Autoencoder, members_for
+from iotad.model import DEFAULT_DROPOUT, DEFAULT_HIDDEN, DEFAULT_MEMBERS, Autoencoder
 from iotad.preprocessing import FeatureStats, ResidualScale, Scaler
 from iotad.threshold import error_histogram, threshold_from_histogram
 from iotad.train import (
@@ -159,18 +160,12 @@ class Detector:
         """Write the bundle to ``directory`` atomically (readers see the old or the new bundle)."""
         if self.scaler is None:
             raise RuntimeError("cannot save a detector without a scaler")
-        meta = {
-            "n_features": self.n_features,
-            "feature_names": self.feature_names,
-            "model": self.model.hyperparams(),
-            "scaler": self.scaler.to_dict(),
-            "residual_scale": None if self.residual_scale is None else self.residual_scale.to_dict(),
-            "threshold": self.threshold,
-            "quantile": self.quantile,
-            "round": int(self.round),
-            "metadata": self.metadata,
-        }
-        return write_bundle(directory, meta, get_weights(self.model), list(self.model.state_dict().keys()))
+        return save_bundle(directory, Bundle(
+            directory=None, n_features=self.n_features, feature_names=self.feature_names, hidden=self.model.hidden,
+            dropout=self.model.dropout, members=self.model.members, arrays=tuple(get_weights(self.model)),
+            scaler=self.scaler, residual_scale=self.residual_scale, threshold=self.threshold, quantile=self.quantile,
+            round=self.round, metadata=self.metadata,
+        ))
 
     @classmethod
     def load(
@@ -197,7 +192,8 @@ class Detector:
 
     @classmethod
     def from_bundle(cls, bundle: Bundle) -> Detector:
-        """Build the torch detector of a bundle read by :func:`iotad.bundle.read_bundle`."""
+        """Build the torch detector of a bundle (read by :func:`iotad.bundle.read_bundle`, or assembled by
+        :func:`iotad.bundle.bundle_from_weights`)."""
         det = cls(bundle.n_features, hidden=bundle.hidden, dropout=bundle.dropout, members=bundle.members,
                   feature_names=bundle.feature_names)
         try:
@@ -229,18 +225,9 @@ def detector_from_weights(
 ) -> Detector:
     """Assemble a detector from federated state (global weights, scaler, residual scale, threshold), e.g. to
     save a bundle; the ensemble size follows from the number of weight arrays. Without ``residual_scale``
-    the detector scores plain reconstruction MSE."""
-    det = Detector(scaler.n_features, hidden=hidden, dropout=dropout, members=members_for(len(weights), hidden),
-                   feature_names=feature_names)
-    set_weights(det.model, list(weights))
-    det.model.eval()
-    det.scaler = scaler
-    if residual_scale is not None and residual_scale.n_features != det.model.n_outputs:
-        raise ValueError(f"residual scale has {residual_scale.n_features} columns, the model's residual "
-                         f"{det.model.n_outputs}")
-    det.residual_scale = residual_scale
-    det.threshold = None if threshold is None else float(threshold)
-    det.quantile = float(quantile)
-    det.round = int(round)
-    det.metadata = dict(metadata or {})
-    return det
+    the detector scores plain reconstruction MSE. The checks are :func:`iotad.bundle.bundle_from_weights`
+    (shared with the aggregator's torch-free checkpoints)."""
+    return Detector.from_bundle(bundle_from_weights(
+        weights, scaler, threshold, hidden=hidden, dropout=dropout, quantile=quantile, round=round,
+        feature_names=feature_names, metadata=metadata, residual_scale=residual_scale,
+    ))

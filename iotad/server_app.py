@@ -1,14 +1,25 @@
-"""Flower ServerApp: reads the run config and runs :class:`FederatedTraining`."""
+"""Flower ServerApp: reads the run config and runs :class:`FederatedTraining`.
+
+The ServerApp process lives as long as the run and aggregates numpy arrays: it does not import torch
+(~180 MiB of memory), directly or indirectly (a test checks it in a fresh interpreter). The one torch step,
+the seeded initialisation of the model, runs in a short-lived child interpreter (:func:`initial_weights`).
+"""
 
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
+import iotad
 from iotad.checkpoint import CheckpointStore, RoundRecord
 from iotad.strategy import FederatedTraining, FederationConfig
 from iotad.telemetry import AggregatorTelemetry
@@ -16,15 +27,46 @@ from iotad.telemetry import AggregatorTelemetry
 log = logging.getLogger(__name__)
 
 
-def initial_weights(seed: int, members: int) -> list:
-    import torch
+# argv: seed members out.npz. Published results depend on these bits (the centralised baseline seeds its
+# model the same way, iotad.centralized).
+_INIT_WEIGHTS = """
+import sys
 
-    from iotad.data.schema import N_FEATURES
-    from iotad.model import Autoencoder
-    from iotad.train import get_weights
+import numpy as np
+import torch
 
-    torch.manual_seed(seed)
-    return get_weights(Autoencoder(N_FEATURES, members=members))
+from iotad.data.schema import N_FEATURES
+from iotad.model import Autoencoder
+from iotad.train import get_weights
+
+seed, members, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+torch.manual_seed(seed)
+weights = get_weights(Autoencoder(N_FEATURES, members=members))
+np.savez(out, **{f"w{i:03d}": w for i, w in enumerate(weights)})
+"""
+INIT_TIMEOUT = 600.0  # s; importing torch took 12.6 s on emulated arm64
+
+
+def initial_weights(seed: int, members: int) -> list[np.ndarray]:
+    """The initial global model: ``torch.manual_seed(seed)``, then the ``state_dict`` arrays (float32) of a new
+    ``Autoencoder(N_FEATURES, members=members)``.
+
+    Computed by a child interpreter that exits right after, so torch's memory is returned instead of being held
+    by this process for the whole run; the arrays travel in an .npz (exact bits).
+    """
+    # The child imports the iotad this process runs (a FAB's copy when Flower loaded the app from one).
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(Path(iotad.__file__).resolve().parent.parent), env.get("PYTHONPATH")) if p
+    )
+    with tempfile.TemporaryDirectory(prefix="iotad-init-") as tmp:
+        out = Path(tmp) / "weights.npz"
+        proc = subprocess.run([sys.executable, "-c", _INIT_WEIGHTS, str(int(seed)), str(int(members)), str(out)],
+                              env=env, capture_output=True, text=True, timeout=INIT_TIMEOUT)
+        if proc.returncode:
+            raise RuntimeError(f"computing the initial weights failed (exit {proc.returncode}): {proc.stderr[-2000:]}")
+        with np.load(out, allow_pickle=False) as npz:
+            return [npz[f"w{i:03d}"] for i in range(len(npz.files))]
 
 
 def make_server_app(overrides: dict[str, Any] | None = None) -> ServerApp:

@@ -39,6 +39,17 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 NodeConfig = Mapping[str, Any]
 
 
+def _orphaned_superexec(argv: list[bytes]) -> bool:
+    """A ``flower-superexec`` whose ``--parent-pid`` process no longer exists."""
+    if not any(a.endswith(b"flower-superexec") for a in argv[:2]) or b"--parent-pid" not in argv:
+        return False
+    try:
+        parent = int(argv[argv.index(b"--parent-pid") + 1])
+    except (IndexError, ValueError):
+        return False
+    return not Path(f"/proc/{parent}").exists()
+
+
 @dataclass
 class Device:
     """One simulated edge device: its key pair, node id, SuperNode process and local Runtime port."""
@@ -250,19 +261,20 @@ class LocalFederation:
         return self.superlink
 
     def sweep_orphans(self) -> list[int]:
-        """Kill ``flwr-serverapp`` / ``flower-superexec`` processes left by a dead SuperLink.
+        """Kill ``flwr-serverapp`` processes and parentless ``flower-superexec`` s left by a dead SuperLink.
 
         A SIGKILLed SuperLink leaves its ServerApp re-parented to init (docs/flower-notes.md); it
-        would reconnect to the restarted SuperLink with a stale token. Only processes this
-        federation started (tagged) are touched.
+        would reconnect to the restarted SuperLink with a stale token. A SuperExec is an orphan when
+        the ``--parent-pid`` it was started with is gone (the SuperNodes' own SuperExecs keep theirs).
+        Only processes this federation started (tagged) are touched.
         """
         killed = []
         for pid in tagged_pids(self.registry.tag):
             try:
-                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+                argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
             except OSError:
                 continue
-            if b"flwr-serverapp" in cmdline or (b"flower-superexec" in cmdline and b"serverapp" in cmdline):
+            if any(b"flwr-serverapp" in a for a in argv) or _orphaned_superexec(argv):
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(pid, signal.SIGKILL)
                     killed.append(pid)
