@@ -25,15 +25,10 @@ from typing import Any
 
 import numpy as np
 
-from iotad.bundle import BundleError, bundle_from_weights, model_members, read_bundle, save_bundle
+from iotad.bundle import DEFAULT_DROPOUT, DEFAULT_HIDDEN, bundle_from_weights, read_bundle, save_bundle
 from iotad.data.schema import FEATURE_NAMES
 from iotad.evaluation import ClassHistograms
 from iotad.preprocessing import ResidualScale, Scaler
-
-# The federated model's shape: iotad.model's DEFAULT_HIDDEN and DEFAULT_DROPOUT (the ClientApp trains the
-# default Autoencoder), copied because this module stays torch-free; a test checks they are equal.
-MODEL_HIDDEN: tuple[int, ...] = (128, 64, 32, 16)
-MODEL_DROPOUT = 0.0
 
 
 @dataclass
@@ -78,7 +73,7 @@ class CheckpointStore:
     def save(self, ckpt: Checkpoint, history: list[RoundRecord], histograms: ClassHistograms) -> Path:
         self.root.mkdir(parents=True, exist_ok=True)
         bundle = save_bundle(self.bundle_dir(ckpt.round), bundle_from_weights(
-            ckpt.weights, ckpt.scaler, ckpt.threshold, hidden=MODEL_HIDDEN, dropout=MODEL_DROPOUT,
+            ckpt.weights, ckpt.scaler, ckpt.threshold, hidden=DEFAULT_HIDDEN, dropout=DEFAULT_DROPOUT,
             quantile=ckpt.quantile, round=ckpt.round, feature_names=FEATURE_NAMES, metadata={"source": "federated"},
             residual_scale=ckpt.residual,
         ))
@@ -92,13 +87,7 @@ class CheckpointStore:
             server_round = int(json.loads((self.root / "latest.json").read_text())["round"])
         except FileNotFoundError:
             return None
-        b = read_bundle(self.bundle_dir(server_round), feature_names=FEATURE_NAMES)
-        try:  # what loading the torch model checked: the weights fit the recorded shape
-            members = model_members(b.arrays, b.n_features, b.hidden)
-        except BundleError as e:
-            raise BundleError(f"{b.directory}: {e}") from e
-        if members != b.members:
-            raise BundleError(f"{b.directory}: {len(b.arrays)} weight arrays for {b.members} members")
+        b = read_bundle(self.bundle_dir(server_round), feature_names=FEATURE_NAMES)  # checks the weights' shapes
         assert b.threshold is not None
         return Checkpoint(server_round, list(b.arrays), b.scaler, b.threshold, b.quantile, b.residual_scale)
 

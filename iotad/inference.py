@@ -13,13 +13,12 @@ from __future__ import annotations
 import ctypes
 import logging
 from collections.abc import Sequence
-from itertools import pairwise
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
-from iotad.bundle import Bundle, BundleError, read_bundle
+from iotad.bundle import Bundle, BundleError, read_bundle, weights_mismatch
 from iotad.preprocessing import ResidualScale, Scaler
 
 log = logging.getLogger(__name__)
@@ -46,20 +45,6 @@ class Scorer(Protocol):
     def predict_scores(self, scores: np.ndarray) -> np.ndarray: ...
 
 
-def autoencoder_widths(n_features: int, hidden: Sequence[int]) -> list[int]:
-    """Layer widths of :class:`iotad.model.Autoencoder`, input to output: n, hidden..., mirrored hidden, n."""
-    return [n_features, *hidden, *reversed(hidden[:-1]), n_features]
-
-
-def expected_shapes(n_features: int, hidden: Sequence[int]) -> list[tuple[int, ...]]:
-    """Shapes of the autoencoder's ``state_dict`` arrays, in order: (out, in) weight, then (out,) bias."""
-    widths = autoencoder_widths(n_features, hidden)
-    shapes: list[tuple[int, ...]] = []
-    for w_in, w_out in pairwise(widths):
-        shapes += [(w_out, w_in), (w_out,)]
-    return shapes
-
-
 class NumpyDetector:
     """Scores rows with a bundle's autoencoder in numpy; same scores and flags as the torch detector.
 
@@ -79,17 +64,15 @@ class NumpyDetector:
     """
 
     def __init__(self, bundle: Bundle) -> None:
-        member_shapes = expected_shapes(bundle.n_features, bundle.hidden)
-        want = member_shapes * bundle.members
-        got = [tuple(a.shape) for a in bundle.arrays]
-        if got != want:
-            raise BundleError(f"{bundle.directory}: weights do not fit the model: {_shape_mismatch(want, got)}")
+        problem = weights_mismatch(bundle.arrays, bundle.n_features, bundle.hidden, bundle.members)
+        if problem:
+            raise BundleError(f"{bundle.directory}: weights do not fit the model: {problem}")
         # Weights transposed once to (in, out), contiguous: a batch is then x @ w + b per layer.
         layers = [
             (np.ascontiguousarray(w.T, dtype=np.float32), np.asarray(b, dtype=np.float32))
             for w, b in zip(bundle.arrays[0::2], bundle.arrays[1::2], strict=True)
         ]
-        per_member = len(member_shapes) // 2
+        per_member = len(layers) // bundle.members
         self._members = [layers[i : i + per_member] for i in range(0, len(layers), per_member)]
         self.n_features = bundle.n_features
         self.feature_names: list[str] | None = bundle.feature_names
@@ -177,13 +160,6 @@ class NumpyDetector:
         if self.threshold is None:
             raise RuntimeError("detector has no threshold: the bundle has none")
         return (np.asarray(scores) >= self.threshold).astype(np.int8)
-
-
-def _shape_mismatch(want: list[tuple[int, ...]], got: list[tuple[int, ...]]) -> str:
-    if len(want) != len(got):
-        return f"expected {len(want)} arrays, got {len(got)}"
-    i = next(i for i, (a, b) in enumerate(zip(want, got, strict=True)) if a != b)
-    return f"array {i}: expected shape {want[i]}, got {got[i]}"
 
 
 # OpenBLAS's setter as exported by plain builds and by the scipy-openblas build numpy's wheels bundle.

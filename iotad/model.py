@@ -9,13 +9,8 @@ import numpy as np
 import torch
 from torch import nn
 
-DEFAULT_HIDDEN: tuple[int, ...] = (128, 64, 32, 16)
-# Measured on synthetic traffic (docs/benchmarks.md, "Ensemble"): averaging 4 members' scores cut the spread
-# of F1 between training seeds to a third to a half, at ~3.7x the training and 2-4x the scoring compute.
-DEFAULT_MEMBERS = 4
-# The seed used 0.2; measured on synthetic traffic it only slows convergence (higher loss and lower ROC-AUC at
-# equal epochs), and the bottleneck already regularises.
-DEFAULT_DROPOUT = 0.0
+# The default shape lives in the torch-free bundle module (the aggregator writes bundles without torch).
+from iotad.bundle import DEFAULT_DROPOUT, DEFAULT_HIDDEN, DEFAULT_MEMBERS, model_members
 
 
 class FastDropout(nn.Module):
@@ -158,14 +153,5 @@ class Autoencoder(nn.Module):
         cls, weights: Sequence[Any], n_features: int, hidden: Sequence[int] = DEFAULT_HIDDEN,
         dropout: float = DEFAULT_DROPOUT,
     ) -> Autoencoder:
-        """The model whose ``state_dict`` has ``len(weights)`` arrays (the member count follows from it)."""
-        return cls(n_features, hidden, dropout, members=members_for(len(weights), hidden))
-
-
-def members_for(n_arrays: int, hidden: Sequence[int]) -> int:
-    """Ensemble size of a model of ``n_arrays`` weight arrays (a weight and a bias per layer, 2 * len(hidden)
-    layers per member)."""
-    per_member = 4 * len(hidden)
-    if n_arrays < per_member or n_arrays % per_member:
-        raise ValueError(f"{n_arrays} weight arrays do not make whole members of {per_member} arrays")
-    return n_arrays // per_member
+        """The model whose ``state_dict`` arrays are ``weights`` (the member count follows from them)."""
+        return cls(n_features, hidden, dropout, members=model_members(weights, n_features, hidden))

@@ -15,8 +15,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from iotad.bundle import DEFAULT_MEMBERS
 from iotad.checkpoint import CheckpointStore
-from iotad.model import DEFAULT_MEMBERS
 from iotad.runs import data_kind, device_dirs, write_run
 
 

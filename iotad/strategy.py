@@ -24,6 +24,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, FedMedian, FedProx, FedTrimmedAvg, Krum
 
+from iotad.bundle import DEFAULT_MEMBERS
 from iotad.checkpoint import Checkpoint, CheckpointStore, RoundRecord
 from iotad.evaluation import ClassHistograms, metrics_from_histograms
 from iotad.preprocessing import FeatureStats, ResidualScale, Scaler
@@ -61,7 +62,7 @@ class FederationConfig:
     quantile: float = 0.99
     split_seed: int = 0
     model_seed: int = 0
-    members: int = 4  # iotad.model.DEFAULT_MEMBERS (this module stays torch-free)
+    members: int = DEFAULT_MEMBERS
     data_dir: str = ""
     checkpoint_dir: str = "runs/federated"
     resume: bool = True

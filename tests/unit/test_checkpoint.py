@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from iotad import checkpoint, model
-from iotad.bundle import BUNDLE_JSON, WEIGHTS_NPZ, BundleError, state_dict_names
+from iotad import model
+from iotad.bundle import BUNDLE_JSON, WEIGHTS_NPZ, BundleError, model_members, state_dict_names
 from iotad.checkpoint import Checkpoint, CheckpointStore
 from iotad.data.schema import FEATURE_NAMES, N_FEATURES
 from iotad.detector import Detector
@@ -33,7 +33,7 @@ def _state(members: int, seed: int = 3) -> tuple[list[np.ndarray], Scaler, Resid
 def _torch_bundle(directory: Path, weights: list[np.ndarray], scaler: Scaler, residual: ResidualScale | None,
                   threshold: float, quantile: float, server_round: int) -> Detector:
     """The bundle as the torch detector writes it (what checkpoints were before they went torch-free)."""
-    det = Detector(N_FEATURES, members=model.members_for(len(weights), model.DEFAULT_HIDDEN),
+    det = Detector(N_FEATURES, members=model_members(weights, N_FEATURES, model.DEFAULT_HIDDEN),
                    feature_names=FEATURE_NAMES)
     set_weights(det.model, weights)
     det.model.eval()
@@ -41,11 +41,6 @@ def _torch_bundle(directory: Path, weights: list[np.ndarray], scaler: Scaler, re
     det.round, det.metadata = server_round, {"source": "federated"}
     det.save(directory)
     return det
-
-
-def test_checkpoint_shape_is_the_models_default() -> None:
-    assert checkpoint.MODEL_HIDDEN == model.DEFAULT_HIDDEN  # copied: iotad.checkpoint stays torch-free
-    assert checkpoint.MODEL_DROPOUT == model.DEFAULT_DROPOUT
 
 
 @pytest.mark.parametrize(("hidden", "dropout", "members"),
@@ -115,5 +110,5 @@ def test_checkpoint_rejects_weights_that_do_not_fit(tmp_path: Path) -> None:
     meta = json.loads((bundle / BUNDLE_JSON).read_text())
     meta["model"]["members"] = 1
     (bundle / BUNDLE_JSON).write_text(json.dumps(meta))
-    with pytest.raises(BundleError, match="32 weight arrays for 1 members"):
+    with pytest.raises(BundleError, match=r"weights do not fit the model: expected 16 arrays, got 32"):
         store.latest()

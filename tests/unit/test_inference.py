@@ -19,9 +19,9 @@ import pytest
 from iotad import bundle as bundle_mod
 from iotad import detector as detector_mod
 from iotad import inference
-from iotad.bundle import BUNDLE_JSON, WEIGHTS_NPZ, BundleError, read_bundle
+from iotad.bundle import BUNDLE_JSON, WEIGHTS_NPZ, BundleError, expected_shapes, read_bundle
 from iotad.detector import Detector, detector_from_weights
-from iotad.inference import NumpyDetector, expected_shapes, set_blas_threads
+from iotad.inference import NumpyDetector, set_blas_threads
 from iotad.model import DEFAULT_HIDDEN, Autoencoder
 from iotad.train import SCORE_BATCH, TrainConfig, get_weights
 

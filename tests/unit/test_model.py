@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from iotad.model import DEFAULT_MEMBERS, Autoencoder, members_for
+from iotad.bundle import model_members
+from iotad.model import DEFAULT_MEMBERS, Autoencoder
 from iotad.train import get_weights
 
 
@@ -41,10 +42,10 @@ def test_a_one_member_model_is_initialised_as_the_single_autoencoder_was() -> No
 
 def test_member_count_follows_from_the_weights() -> None:
     weights = get_weights(Autoencoder(10, hidden=(8, 4), members=3))
-    assert members_for(len(weights), (8, 4)) == 3
+    assert model_members(weights, 10, (8, 4)) == 3
     assert Autoencoder.for_weights(weights, 10, (8, 4)).members == 3
     with pytest.raises(ValueError, match="whole members"):
-        members_for(len(weights) - 1, (8, 4))
+        model_members(weights[:-1], 10, (8, 4))
     with pytest.raises(ValueError, match="members"):
         Autoencoder(10, members=0)
 
