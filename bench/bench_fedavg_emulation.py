@@ -92,10 +92,11 @@ def initial_weights(seed: int, members: int) -> Weights:
         return get_weights(Autoencoder(N_FEATURES, members=members))
 
 
-def mean_update(start: Weights, replies: Sequence[Weights], rows: Sequence[int]) -> Weights:
+def mean_update(replies: Sequence[Weights], rows: Sequence[int]) -> Weights:
     """FedAvg: the row-weighted mean of the replies."""
     total = sum(rows)
-    return [np.sum([n * r[i] for n, r in zip(rows, replies, strict=True)], axis=0) / total for i in range(len(start))]
+    return [np.sum([n * r[i] for n, r in zip(rows, replies, strict=True)], axis=0) / total
+            for i in range(len(replies[0]))]
 
 
 def magnitude_mean(start: Weights, replies: Sequence[Weights], rows: Sequence[int], power: float) -> Weights:
@@ -137,7 +138,7 @@ def train_federated(v: Variant, splits: list[Splits], scalers: list[Scaler], wei
         if v.rule == "magnitude":
             new = magnitude_mean(weights, replies, rows, v.power)
         else:
-            mean = mean_update(weights, replies, rows)
+            mean = mean_update(replies, rows)
             step = zip(weights, mean, strict=True)
             new = adam.step(weights, mean) if adam else [w + v.server_lr * (m - w) for w, m in step]
         weights = [w.astype(np.float32) for w in new]
@@ -151,6 +152,7 @@ def run(v: Variant, data: Path, seed: int, members: int, cache: Path) -> dict[st
     scalers = [Scaler.from_stats(local_steps.feature_stats(s)) if v.local_scaler else merged for s in splits]
     weights = initial_weights(seed, members)
     if v.rule == "central":
+        # Training reads only ``train``; calibration and evaluation stay per device below.
         pooled = Splits(Traffic.concat([s.train for s in splits]), splits[0].calibration, splits[0].evaluation)
         weights = local_steps.train(pooled, weights, merged, TrainConfig(epochs=v.epochs, seed=seed))[0]
     else:
