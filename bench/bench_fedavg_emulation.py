@@ -6,12 +6,13 @@ calibration histograms, merged evaluation) and replaces Flower's FedAvg by an ag
 so rules that Flower does not offer can be measured in seconds. Devices' shuffling seeds are the simulation's;
 replies are summed in device order (the simulation sums them in content order), so a run is close to, not
 bit-identical with, ``iotad simulate`` of the same seed. ``central`` trains one model on the pooled rows like
-``iotad centralized``. One JSON, ``OUT/fedavg-emulation.json``.
+``iotad centralized``. One JSON, ``OUT/NAME.json`` (``--name``, default ``fedavg-emulation``).
 
     python -m bench.bench_fedavg_emulation --data D5 [--seeds 4 --members 1 --variants central fedavg ...]
 
 A variant is ``RULE`` or ``RULE:key=value,...``; rules ``central``, ``fedavg``, ``fedadam``, ``magnitude``;
-keys ``rounds``, ``epochs``, ``server_lr``, ``power``, ``local_scaler``, ``device_threshold`` (see ``Variant``).
+keys ``rounds``, ``epochs``, ``server_lr``, ``power``, ``local_scaler``, ``local_residual``, ``device_threshold``
+(see ``Variant``).
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ import torch
 
 from iotad import local_steps
 from iotad.data.device import load_device_splits
-from iotad.data.loader import Traffic
 from iotad.data.schema import N_FEATURES
 from iotad.data.splits import Splits
 from iotad.evaluation import ClassHistograms, Confusion, metrics_from_histograms
@@ -42,7 +42,7 @@ from iotad.model import Autoencoder
 from iotad.preprocessing import FeatureStats, ResidualScale, Scaler
 from iotad.runs import device_dirs
 from iotad.threshold import threshold_from_histogram
-from iotad.train import TrainConfig, get_weights
+from iotad.train import TrainConfig, get_weights, set_weights, train_autoencoder
 
 QUANTILE = 0.99
 ADAM_BETAS, ADAM_TAU = (0.9, 0.99), 1e-3  # FedAdam as in Reddi et al., ICLR 2021
@@ -57,7 +57,9 @@ class Variant:
     rule: ``central`` (pooled rows), ``fedavg`` (row-weighted mean), ``fedadam`` (server Adam on the mean
     update), ``magnitude`` (per coordinate, each device's update weighted by rows x |update|^power: a weight
     that only one device moves keeps that device's step instead of a fifth of it).
-    local_scaler: every device scales with its own statistics instead of the federated scaler.
+    local_scaler: every device scales with its own statistics instead of the federated scaler (``central``:
+    the pooled rows are each scaled by their device's statistics).
+    local_residual: every device weights its score's features by its own residual scale instead of the merged one.
     device_threshold: F1 from each device's own 0.99 quantile instead of the merged one.
     """
 
@@ -67,6 +69,7 @@ class Variant:
     server_lr: float = 1.0
     power: float = 1.0
     local_scaler: bool = False
+    local_residual: bool = False
     device_threshold: bool = False
 
     @classmethod
@@ -125,6 +128,15 @@ class FedAdam:
         return out
 
 
+def train_central(v: Variant, splits: list[Splits], scalers: list[Scaler], weights: Weights, seed: int) -> Weights:
+    """One training on every device's rows pooled, as ``iotad centralized``."""
+    x = np.concatenate([sc.transform(s.train.features) for s, sc in zip(splits, scalers, strict=True)])
+    model = Autoencoder.for_weights(weights, x.shape[1])
+    set_weights(model, weights)
+    train_autoencoder(model, x, TrainConfig(epochs=v.epochs, seed=seed))
+    return get_weights(model)
+
+
 def train_federated(v: Variant, splits: list[Splits], scalers: list[Scaler], weights: Weights, seed: int) -> Weights:
     names = [zlib.crc32(f"device-{k}".encode()) % 1000 for k in range(len(splits))]  # as iotad.client_app
     rows = [len(s.train) for s in splits]
@@ -152,19 +164,19 @@ def run(v: Variant, data: Path, seed: int, members: int, cache: Path) -> dict[st
     scalers = [Scaler.from_stats(local_steps.feature_stats(s)) if v.local_scaler else merged for s in splits]
     weights = initial_weights(seed, members)
     if v.rule == "central":
-        # Training reads only ``train``; calibration and evaluation stay per device below.
-        pooled = Splits(Traffic.concat([s.train for s in splits]), splits[0].calibration, splits[0].evaluation)
-        weights = local_steps.train(pooled, weights, merged, TrainConfig(epochs=v.epochs, seed=seed))[0]
+        weights = train_central(v, splits, scalers, weights, seed)
     else:
         weights = train_federated(v, splits, scalers, weights, seed)
-    devices = list(zip(splits, scalers, strict=True))
-    residual = ResidualScale.merge_all([local_steps.residual_stats(s, weights, sc) for s, sc in devices])
-    calibration = [local_steps.calibration_histogram(s, weights, sc, residual) for s, sc in devices]
+    residuals = [local_steps.residual_stats(s, weights, sc) for s, sc in zip(splits, scalers, strict=True)]
+    if not v.local_residual:
+        residuals = [ResidualScale.merge_all(residuals)] * len(splits)
+    devices = list(zip(splits, scalers, residuals, strict=True))
+    calibration = [local_steps.calibration_histogram(s, weights, sc, rs) for s, sc, rs in devices]
     threshold = threshold_from_histogram(np.sum(calibration, axis=0), QUANTILE)
     histograms, confusion = ClassHistograms({}), Confusion()
-    for s, sc, hist in zip(splits, scalers, calibration, strict=True):
+    for (s, sc, rs), hist in zip(devices, calibration, strict=True):
         local = threshold_from_histogram(hist, QUANTILE) if v.device_threshold else threshold
-        evaluated = local_steps.evaluate(s, weights, sc, local, residual)
+        evaluated = local_steps.evaluate(s, weights, sc, local, rs)
         histograms, confusion = histograms.merge(evaluated.histograms), confusion + evaluated.confusion
     metrics = metrics_from_histograms(histograms, threshold)
     f1 = 2 * confusion.tp / max(2 * confusion.tp + confusion.fp + confusion.fn, 1)
@@ -184,6 +196,7 @@ def main() -> None:
     p.add_argument("--variants", nargs="+", default=["central", "fedavg"])
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    p.add_argument("--name", default="fedavg-emulation", help="results file OUT/NAME.json")
     a = p.parse_args()
     for spec in a.variants:
         Variant.parse(spec)  # fail before any training
@@ -205,7 +218,7 @@ def main() -> None:
     a.out.mkdir(parents=True, exist_ok=True)
     out = {"data": str(a.data), "data_kind": "synthetic", "seeds": a.seeds, "members": a.members,
            "seconds": time.monotonic() - t0, "variants": table}
-    (a.out / "fedavg-emulation.json").write_text(json.dumps(out, indent=2) + "\n")
+    (a.out / f"{a.name}.json").write_text(json.dumps(out, indent=2) + "\n")
     for spec, row in table.items():
         per_seed = " ".join(f"{r['roc_auc']:.3f}" for r in row["runs"])
         print(f"{spec:40s} F1 {row['f1_mean']:.3f}  ROC-AUC {row['roc_auc_mean']:.3f}  ({per_seed})")

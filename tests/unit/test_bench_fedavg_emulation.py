@@ -34,6 +34,7 @@ def test_variant_parse() -> None:
     assert Variant.parse("central") == Variant(rule="central", epochs=20)
     v = Variant.parse("fedavg:rounds=60,epochs=1,local_scaler=1")
     assert (v.rule, v.rounds, v.epochs, v.local_scaler, v.device_threshold) == ("fedavg", 60, 1, True, False)
+    assert Variant.parse("central:local_scaler=1,local_residual=true").local_residual
     assert Variant.parse("fedadam:server_lr=0.03").server_lr == 0.03
     with pytest.raises(ValueError, match="unknown rule"):
         Variant.parse("fedsgd")
