@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from iotad import local_steps
 from iotad.data.device import load_device_splits
@@ -42,7 +41,7 @@ from iotad.model import Autoencoder
 from iotad.preprocessing import FeatureStats, ResidualScale, Scaler
 from iotad.runs import device_dirs
 from iotad.threshold import threshold_from_histogram
-from iotad.train import TrainConfig, get_weights, set_weights, train_autoencoder
+from iotad.train import TrainConfig, get_weights, seeded_weights, set_weights, train_autoencoder
 
 QUANTILE = 0.99
 ADAM_BETAS, ADAM_TAU = (0.9, 0.99), 1e-3  # FedAdam as in Reddi et al., ICLR 2021
@@ -86,13 +85,6 @@ class Variant:
         if rule not in ("central", "fedavg", "fedadam", "magnitude"):
             raise ValueError(f"unknown rule {rule!r}")
         return cls(rule=rule, **kwargs)
-
-
-def initial_weights(seed: int, members: int) -> Weights:
-    """As ``iotad.server_app.initial_weights`` and ``iotad centralized``: seeded torch init."""
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        return get_weights(Autoencoder(N_FEATURES, members=members))
 
 
 def mean_update(replies: Sequence[Weights], rows: Sequence[int]) -> Weights:
@@ -162,7 +154,7 @@ def run(v: Variant, data: Path, seed: int, members: int, cache: Path) -> dict[st
     splits = [load_device_splits(d, seed, cache_dir=cache) for d in device_dirs(data)]
     merged = Scaler.from_stats(FeatureStats.merge_all([local_steps.feature_stats(s) for s in splits]))
     scalers = [Scaler.from_stats(local_steps.feature_stats(s)) if v.local_scaler else merged for s in splits]
-    weights = initial_weights(seed, members)
+    weights = seeded_weights(N_FEATURES, seed, members)  # as the ServerApp's initial model
     if v.rule == "central":
         weights = train_central(v, splits, scalers, weights, seed)
     else:

@@ -33,23 +33,20 @@ _INIT_WEIGHTS = """
 import sys
 
 import numpy as np
-import torch
 
 from iotad.data.schema import N_FEATURES
-from iotad.model import Autoencoder
-from iotad.train import get_weights
+from iotad.train import seeded_weights
 
 seed, members, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
-torch.manual_seed(seed)
-weights = get_weights(Autoencoder(N_FEATURES, members=members))
+weights = seeded_weights(N_FEATURES, seed, members)
 np.savez(out, **{f"w{i:03d}": w for i, w in enumerate(weights)})
 """
 INIT_TIMEOUT = 600.0  # s; importing torch took 12.6 s on emulated arm64
 
 
 def initial_weights(seed: int, members: int) -> list[np.ndarray]:
-    """The initial global model: ``torch.manual_seed(seed)``, then the ``state_dict`` arrays (float32) of a new
-    ``Autoencoder(N_FEATURES, members=members)``.
+    """The initial global model: :func:`iotad.train.seeded_weights` (float32 ``state_dict`` arrays of a new
+    ``Autoencoder(N_FEATURES, members=members)`` after ``torch.manual_seed(seed)``).
 
     Computed by a child interpreter that exits right after, so torch's memory is returned instead of being held
     by this process for the whole run; the arrays travel in an .npz (exact bits).

@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from iotad.model import Autoencoder
+
 #: Batch used for scoring; memory is ~batch * widest layer * 4 bytes, a few MB.
 SCORE_BATCH = 8192
 
@@ -355,6 +357,16 @@ def residual_sumsq(model: nn.Module, x: np.ndarray, batch_size: int = SCORE_BATC
 def get_weights(model: nn.Module) -> list[np.ndarray]:
     """Model state as numpy arrays (copies) in ``state_dict`` order."""
     return [v.detach().cpu().numpy().copy() for v in model.state_dict().values()]
+
+
+def seeded_weights(n_features: int, seed: int, members: int) -> list[np.ndarray]:
+    """A new ``Autoencoder``'s weights after ``torch.manual_seed(seed)``: every run's initial model.
+
+    The caller's torch RNG is left as it was.
+    """
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return get_weights(Autoencoder(n_features, members=members))
 
 
 def set_weights(model: nn.Module, weights: Sequence[np.ndarray]) -> None:
