@@ -3,8 +3,8 @@
 What one batch costs in the agent: the loader's line splitter + ``encode_frame`` on raw strings, the
 scaler, the autoencoder forward pass, the threshold, and the telemetry writes in prometheus_client
 multiprocess mode (as the real agent does). The forward pass runs either in torch (the
-:class:`iotad.detector.Detector`, 1 torch thread: the agent before it went torch-free) or in numpy (the
-:class:`iotad.inference.NumpyDetector` the agent uses, 1 BLAS thread), on the same bundle and the same
+:class:`iotad.core.detector.Detector`, 1 torch thread: the agent before it went torch-free) or in numpy (the
+:class:`iotad.edge.inference.NumpyDetector` the agent uses, 1 BLAS thread), on the same bundle and the same
 rows: a labelled synthetic traffic CSV replayed as fast as possible (``rate=0``).
 
     python -m bench.bench_agent [--rows N] [--batch-sizes 32,512,2048] [--rss-seconds 20]
@@ -17,7 +17,7 @@ agent processes them (scoring: ``decision_function`` + ``predict_scores`` on the
 
 Memory: two real agent processes, one after the other, replay ``--replay`` at ``--rate 0`` for
 ``--rss-seconds`` s each, then get SIGTERM; the peak RSS (VmHWM of /proc/<pid>/status) is read just before.
-"numpy" is the ``iotad agent`` command itself; "torch" is the same :func:`iotad.agent.run_agent` with the
+"numpy" is the ``iotad agent`` command itself; "torch" is the same :func:`iotad.edge.agent.run_agent` with the
 torch Detector as loader after ``import torch; torch.set_num_threads(1)``, as the agent did before.
 """
 
@@ -51,9 +51,9 @@ from pathlib import Path
 import torch
 
 torch.set_num_threads(1)
-from iotad.agent import AgentOptions, run_agent
+from iotad.edge.agent import AgentOptions, run_agent
 from iotad.data.schema import FEATURE_NAMES
-from iotad.detector import Detector
+from iotad.core.detector import Detector
 
 model_dir, replay, metrics_dir, port = sys.argv[1:5]
 opts = AgentOptions(device="bench", model_dir=Path(model_dir), replay=Path(replay), metrics_dir=Path(metrics_dir),
@@ -68,21 +68,21 @@ def _loader(scorer: str) -> Any:
     from iotad.data.schema import FEATURE_NAMES
 
     if scorer == "torch":
-        from iotad.detector import Detector
+        from iotad.core.detector import Detector
 
         return partial(Detector.load, feature_names=FEATURE_NAMES)
-    from iotad.agent import load_numpy_detector
+    from iotad.edge.agent import load_numpy_detector
 
     return load_numpy_detector
 
 
 def measure_batches(csv: Path, model_dir: Path, scorer: str, bs: int, rows: int) -> dict[str, Any]:
     """Score ``rows`` flows through :meth:`Agent.process` in blocks of ``bs``."""
-    from iotad import telemetry
-    from iotad.agent import Agent, ReplaySource, encode_block
+    from iotad.edge.agent import Agent, ReplaySource, encode_block
+    from iotad.telemetry import device as tdev
 
     source = ReplaySource(csv, rate=0)
-    agent = Agent(source, model_dir, telemetry.DeviceTelemetry(f"bench-{scorer}-{bs}"), batch_size=bs,
+    agent = Agent(source, model_dir, tdev.DeviceTelemetry(f"bench-{scorer}-{bs}"), batch_size=bs,
                   loader=_loader(scorer))
     agent.reload_if_changed()
     det = agent.detector
@@ -183,21 +183,21 @@ def main(argv: list[str] | None = None) -> dict:
     sizes = [int(x) for x in args.batch_sizes.split(",")]
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-agent-"))
-    from iotad import telemetry
+    from iotad.telemetry import exporter as texp
 
-    telemetry.configure_multiprocess(tmp / "metrics")  # like the real agent: mmap-backed values
+    texp.configure_multiprocess(tmp / "metrics")  # like the real agent: mmap-backed values
 
     import torch
 
     torch.set_num_threads(1)
+    from iotad.core.detector import detector_from_weights
+    from iotad.core.model import Autoencoder
+    from iotad.core.preprocessing import FeatureStats, Scaler
+    from iotad.core.train import get_weights
     from iotad.data.loader import load_traffic
     from iotad.data.schema import FEATURE_NAMES
     from iotad.data.synthetic import write_synthetic
-    from iotad.detector import detector_from_weights
-    from iotad.inference import set_blas_threads
-    from iotad.model import Autoencoder
-    from iotad.preprocessing import FeatureStats, Scaler
-    from iotad.train import get_weights
+    from iotad.edge.inference import set_blas_threads
 
     set_blas_threads(1)  # as `iotad agent --threads 1`
     csv = write_synthetic(tmp / "data", 1, 10_000, seed=7)[0]
@@ -222,8 +222,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     result = {
         "what": "iotad agent: raw CSV rows -> encode_frame -> scaler -> autoencoder -> flags -> telemetry",
-        "scorers": {"torch": "iotad.detector.Detector, 1 torch thread (the agent before)",
-                    "numpy": "iotad.inference.NumpyDetector, 1 OpenBLAS thread (the agent now)"},
+        "scorers": {"torch": "iotad.core.detector.Detector, 1 torch thread (the agent before)",
+                    "numpy": "iotad.edge.inference.NumpyDetector, 1 OpenBLAS thread (the agent now)"},
         "telemetry": "prometheus_client multiprocess mode",
         "data": "synthetic traffic (not Edge-IIoTset), labelled, 10k rows replayed in a loop",
         "results": rows_out,

@@ -9,7 +9,7 @@ run supervision), ``flower-superlink``, its ``flower-superexec`` for ServerApps,
     python -m bench.bench_aggregator_memory --container iotad-e2e-aggregator-1 --out FILE   # beside an e2e
 
 1. ``serverapp``: a fresh interpreter does what a ``flwr-serverapp`` process does with the app, one step at a
-   time: import flwr's ServerApp API, import ``iotad.server_app``, compute the initial weights, write a round
+   time: import flwr's ServerApp API, import ``iotad.fl.server_app``, compute the initial weights, write a round
    checkpoint (``CheckpointStore.save``), read it back (``CheckpointStore.latest``, the resume path). VmRSS /
    VmHWM of /proc/self/status after each step, and whether torch is loaded.
 2. ``launcher``: ``iotad aggregator`` on 127.0.0.1 with throwaway certificates and no devices, for
@@ -56,17 +56,17 @@ def report(step):
 report("python")
 import flwr.app, flwr.serverapp, flwr.serverapp.strategy
 report("import flwr.serverapp")
-import iotad.server_app
-report("import iotad.server_app")
+import iotad.fl.server_app
+report("import iotad.fl.server_app")
 import numpy as np
-from iotad.checkpoint import Checkpoint, CheckpointStore
+from iotad.fl.checkpoint import Checkpoint, CheckpointStore
 from iotad.data.schema import N_FEATURES
-from iotad.evaluation import ClassHistograms
-from iotad.preprocessing import FeatureStats, ResidualScale, Scaler
-from iotad.strategy import FederationConfig
+from iotad.core.evaluation import ClassHistograms
+from iotad.core.preprocessing import FeatureStats, ResidualScale, Scaler
+from iotad.fl.strategy import FederationConfig
 
 cfg = FederationConfig()
-weights = iotad.server_app.initial_weights(cfg.model_seed, cfg.members)
+weights = iotad.fl.server_app.initial_weights(cfg.model_seed, cfg.members)
 report("initial_weights")
 rng = np.random.default_rng(0)
 scaler = Scaler.from_stats(FeatureStats.of(rng.normal(size=(64, N_FEATURES))))
@@ -107,7 +107,7 @@ def kind(cmdline: str) -> str:
             return name
     if "flower-superexec" in cmdline:  # its command line does not say whose: see sample_tree
         return "flower-superexec"
-    if "manual_seed" in cmdline:  # iotad.server_app.initial_weights' child (python -c)
+    if "manual_seed" in cmdline:  # iotad.fl.server_app.initial_weights' child (python -c)
         return "initial-weights child"
     if " flwr " in f" {cmdline} " or "/flwr " in cmdline:
         return "flwr " + cmdline.split("flwr ", 1)[1].split()[0]

@@ -19,23 +19,23 @@ from pathlib import Path
 
 PROBE = r"""
 import json, sys, time
-from iotad.telemetry import process_age_seconds
+from iotad.telemetry.device import process_age_seconds
 marks = {"interpreter": process_age_seconds()}
 t0 = time.monotonic(); base = marks["interpreter"]
 def mark(name): marks[name] = base + time.monotonic() - t0
 import flwr.clientapp  # noqa
 mark("flwr imported")
-import iotad.client_app  # noqa: torch, the ML core
-mark("iotad.client_app imported")
+import iotad.fl.client_app  # noqa: torch, the ML core
+mark("iotad.fl.client_app imported")
 from pathlib import Path
 from iotad.data.device import load_device_splits
 splits = load_device_splits(Path(sys.argv[1]), seed=0, cache_dir=Path(sys.argv[2]))
 mark("cached splits loaded")
-from iotad import local_steps
+from iotad.core import local_steps
 from iotad.data.schema import N_FEATURES
-from iotad.model import Autoencoder
-from iotad.preprocessing import FeatureStats, Scaler
-from iotad.train import TrainConfig, get_weights
+from iotad.core.model import Autoencoder
+from iotad.core.preprocessing import FeatureStats, Scaler
+from iotad.core.train import TrainConfig, get_weights
 scaler = Scaler.from_stats(FeatureStats.of(splits.train.features))
 weights = get_weights(Autoencoder(N_FEATURES))
 local_steps.train(splits, weights, scaler, TrainConfig(epochs=1, min_steps=1))

@@ -1,6 +1,6 @@
 """What the ensemble buys and costs: one autoencoder vs the default ensemble, same data, in one run.
 
-For each training seed, a centralised :class:`iotad.detector.Detector` with ``members`` 1 and with the
+For each training seed, a centralised :class:`iotad.core.detector.Detector` with ``members`` 1 and with the
 default ensemble (alternating which goes first, so drifting background load favours neither) is fitted on
 the same synthetic normal rows (3 devices x 20k rows, seed 7, split as in ``bench_train``), thresholded at
 the 0.99 quantile of held-out normal scores and evaluated on the same labelled mix. Reported per size:
@@ -22,10 +22,10 @@ from typing import Any
 import torch
 
 from bench.bench_train import load_data
-from iotad.detector import Detector
-from iotad.evaluation import ClassHistograms, metrics_from_histograms
-from iotad.model import DEFAULT_MEMBERS
-from iotad.train import TrainConfig
+from iotad.core.detector import Detector
+from iotad.core.evaluation import ClassHistograms, metrics_from_histograms
+from iotad.core.model import DEFAULT_MEMBERS
+from iotad.core.train import TrainConfig
 
 RESULTS = Path(__file__).resolve().parent / "results" / "ensemble.json"
 

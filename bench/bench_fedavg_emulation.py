@@ -1,6 +1,6 @@
 """FedAvg and variants of it without Flower: which aggregation closes the gap to the centralised model.
 
-Emulates ``iotad simulate`` in one process with the package's own per-device steps (:mod:`iotad.local_steps`:
+Emulates ``iotad simulate`` in one process with the package's own per-device steps (:mod:`iotad.core.local_steps`:
 federated scaler, local training on the run-wide learning-rate schedule, merged residual scale, merged
 calibration histograms, merged evaluation) and replaces Flower's FedAvg by an aggregation rule written here,
 so rules that Flower does not offer can be measured in seconds. Devices' shuffling seeds are the simulation's;
@@ -32,16 +32,16 @@ from typing import Any
 
 import numpy as np
 
-from iotad import local_steps
+from iotad.core import local_steps
+from iotad.core.evaluation import ClassHistograms, Confusion, metrics_from_histograms
+from iotad.core.model import Autoencoder
+from iotad.core.preprocessing import FeatureStats, ResidualScale, Scaler
+from iotad.core.runs import device_dirs
+from iotad.core.threshold import threshold_from_histogram
+from iotad.core.train import TrainConfig, get_weights, seeded_weights, set_weights, train_autoencoder
 from iotad.data.device import load_device_splits
 from iotad.data.schema import N_FEATURES
 from iotad.data.splits import Splits
-from iotad.evaluation import ClassHistograms, Confusion, metrics_from_histograms
-from iotad.model import Autoencoder
-from iotad.preprocessing import FeatureStats, ResidualScale, Scaler
-from iotad.runs import device_dirs
-from iotad.threshold import threshold_from_histogram
-from iotad.train import TrainConfig, get_weights, seeded_weights, set_weights, train_autoencoder
 
 QUANTILE = 0.99
 ADAM_BETAS, ADAM_TAU = (0.9, 0.99), 1e-3  # FedAdam as in Reddi et al., ICLR 2021
@@ -130,7 +130,7 @@ def train_central(v: Variant, splits: list[Splits], scalers: list[Scaler], weigh
 
 
 def train_federated(v: Variant, splits: list[Splits], scalers: list[Scaler], weights: Weights, seed: int) -> Weights:
-    names = [zlib.crc32(f"device-{k}".encode()) % 1000 for k in range(len(splits))]  # as iotad.client_app
+    names = [zlib.crc32(f"device-{k}".encode()) % 1000 for k in range(len(splits))]  # as iotad.fl.client_app
     rows = [len(s.train) for s in splits]
     adam = FedAdam(weights, v.server_lr) if v.rule == "fedadam" else None
     for r in range(v.rounds):

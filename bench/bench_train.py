@@ -3,15 +3,15 @@
 Seed-style loop (what the original notebook did): a ``Dataset`` returning one row tensor per
 ``__getitem__``, a shuffling ``DataLoader`` with batch 32, ``MSELoss(reduction="sum")``, Adam 1e-3,
 ``loss.item()`` after every batch, the seed architecture with ``nn.Dropout``.
-iotad loop: :func:`iotad.train.train_autoencoder` (whole data as one tensor shuffled once per epoch into a
+iotad loop: :func:`iotad.core.train.train_autoencoder` (whole data as one tensor shuffled once per epoch into a
 reused buffer, batch 256, fused Adam, lr 4e-3 with a cosine schedule and warm-up, loss kept on-tensor, one
 host sync per epoch).
 
 Both start from the same initial weights, train on the same scaled normal rows with the same
-``torch.set_num_threads``, and are scored the same way, the :class:`iotad.detector.Detector`'s way: the
+``torch.set_num_threads``, and are scored the same way, the :class:`iotad.core.detector.Detector`'s way: the
 per-feature residual scale measured on the training rows weights the squared residuals (mean squared
 z-score), threshold at the 0.99 quantile of held-out normal scores, metrics on a labelled evaluation mix
-via :mod:`iotad.evaluation` (plain-MSE scoring is reported too, as ``quality_mse_mean``). Each loop gets its
+via :mod:`iotad.core.evaluation` (plain-MSE scoring is reported too, as ``quality_mse_mean``). Each loop gets its
 own epoch count (defaults: seed 3, iotad 15). Reported: samples/s (throughput) and the time ratio
 iotad / seed, which is the time-to-quality ratio when iotad's quality is at least the seed loop's (flagged
 in ``ratio.quality_at_least_seed``). CPU figures (process CPU time) are less sensitive to other load on the
@@ -39,11 +39,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from iotad.evaluation import ClassHistograms, metrics_from_histograms
-from iotad.model import Autoencoder, FastDropout, MirrorAutoencoder
-from iotad.preprocessing import FeatureStats, ResidualScale, Scaler
-from iotad.threshold import error_histogram, threshold_from_histogram
-from iotad.train import TrainConfig, reconstruction_errors, residual_sumsq, train_autoencoder
+from iotad.core.evaluation import ClassHistograms, metrics_from_histograms
+from iotad.core.model import Autoencoder, FastDropout, MirrorAutoencoder
+from iotad.core.preprocessing import FeatureStats, ResidualScale, Scaler
+from iotad.core.threshold import error_histogram, threshold_from_histogram
+from iotad.core.train import TrainConfig, reconstruction_errors, residual_sumsq, train_autoencoder
 
 RESULTS = Path(__file__).resolve().parent / "results" / "train.json"
 QUANTILE = 0.99

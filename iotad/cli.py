@@ -35,7 +35,7 @@ def _partition(a: argparse.Namespace) -> None:
 
 
 def _centralized(a: argparse.Namespace) -> None:
-    from iotad.centralized import run_centralized
+    from iotad.core.centralized import run_centralized
 
     if bool(a.data) == bool(a.train_csv):
         raise UsageError("give either --data DIR or --train-csv F... with --eval-csv F...")
@@ -49,7 +49,7 @@ def _centralized(a: argparse.Namespace) -> None:
 
 
 def _simulate(a: argparse.Namespace) -> None:
-    from iotad.simulation import simulate
+    from iotad.fl.simulation import simulate
 
     metrics = simulate(
         data=a.data, rounds=a.rounds, out=a.out, devices=a.devices, strategy=a.strategy,
@@ -60,21 +60,21 @@ def _simulate(a: argparse.Namespace) -> None:
 
 
 def _evaluate(a: argparse.Namespace) -> None:
-    from iotad.centralized import evaluate_csvs
+    from iotad.core.centralized import evaluate_csvs
 
     metrics = evaluate_csvs(a.model, a.csv, a.out)
     _print_summary(metrics, a.out.parent)
 
 
 def _score(a: argparse.Namespace) -> None:
-    from iotad.centralized import score_csv
+    from iotad.core.centralized import score_csv
 
     n, flagged = score_csv(a.model, a.csv, a.out)
     err.print(f"scored {n} rows, {flagged} flagged as anomalies -> {a.out}")
 
 
 def _compare(a: argparse.Namespace) -> None:
-    from iotad.report import compare
+    from iotad.core.report import compare
 
     path = compare(a.runs, a.out)
     err.print(f"report: {path}")
@@ -91,7 +91,7 @@ def _local_federation(a: argparse.Namespace) -> None:
 
 
 def _agent(a: argparse.Namespace) -> None:
-    from iotad.agent import AgentOptions, run_agent
+    from iotad.edge.agent import AgentOptions, run_agent
 
     if not a.device:
         raise UsageError("--device (or $IOTAD_DEVICE) is required")
@@ -108,7 +108,7 @@ def _agent(a: argparse.Namespace) -> None:
 
 
 def _aggregator(a: argparse.Namespace) -> None:
-    from iotad.aggregator import run_aggregator
+    from iotad.deploy.aggregator import run_aggregator
 
     run_config = {}
     if a.run_config:
@@ -127,7 +127,7 @@ def _aggregator(a: argparse.Namespace) -> None:
 
 
 def _device(a: argparse.Namespace) -> None:
-    from iotad.edge import DeviceOptions, run_device
+    from iotad.deploy.device import DeviceOptions, run_device
 
     agent_args = shlex.split(a.agent_args or "")
     if a.tail:

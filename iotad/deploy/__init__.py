@@ -1,6 +1,6 @@
 """Deployment engine tooling: certificates, Flower 1.39 processes, a local TLS federation.
 
-No ML here; the apps are ``iotad.server_app`` / ``iotad.client_app``.
+No ML here; the apps are ``iotad.fl.server_app`` / ``iotad.fl.client_app``.
 """
 
 from iotad.deploy.certs import CertError, CertPaths, generate_certs

@@ -487,9 +487,9 @@ def run_local_federation(
     """``iotad local-federation``: data, certificates, SuperLink, SuperNodes, device agents and the
     aggregator exporter on 127.0.0.1, R rounds, everything stopped on exit, Ctrl-C or SIGTERM.
 
-    The stack itself is :func:`iotad.aggregator.run_local_stack` (the launcher owns the telemetry);
+    The stack itself is :func:`iotad.deploy.aggregator.run_local_stack` (the launcher owns the telemetry);
     see it for the keyword arguments.
     """
-    from iotad.aggregator import run_local_stack
+    from iotad.deploy.aggregator import run_local_stack
 
     return run_local_stack(workdir, devices, rounds=rounds, rows_per_device=rows_per_device, **kwargs)

@@ -65,7 +65,7 @@ VAR_RE = re.compile(r"\$\{(\w+)(?::\w+)?\}|\$(\w+)|\[\[(\w+)\]\]")
 SPIKE = "IotadAnomalyRateSpike"
 SPIKE_WINDOW = "20s"
 SPIKE_FOR = "4s"
-BURST_SIGNALS = 4  # SIGUSR1s; the agent replays 500 attack rows per signal (iotad/agent.py)
+BURST_SIGNALS = 4  # SIGUSR1s; the agent replays 500 attack rows per signal (iotad/edge/agent.py)
 # On a healthy federation only the spike rule may hold: labelled replay carries ~25% attack rows.
 MAY_HOLD_WHEN_HEALTHY = {SPIKE}
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from iotad.cli import main
-from iotad.runs import METRIC_KEYS
+from iotad.core.runs import METRIC_KEYS
 from tests.conftest import REAL_MITM, REAL_NORMAL, respell
 
 pytestmark = pytest.mark.integration

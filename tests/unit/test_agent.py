@@ -17,16 +17,17 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from iotad import telemetry as t
-from iotad.agent import Agent, BundleWatcher, RawBlock, ReplaySource, TailSource, encode_block
+from iotad.core.detector import Detector, detector_from_weights
+from iotad.core.model import Autoencoder
+from iotad.core.preprocessing import FeatureStats, Scaler
+from iotad.core.train import get_weights
 from iotad.data.loader import load_traffic
 from iotad.data.schema import FEATURE_NAMES, RAW_COLUMNS
 from iotad.data.synthetic import write_synthetic
-from iotad.detector import Detector, detector_from_weights
-from iotad.inference import NumpyDetector
-from iotad.model import Autoencoder
-from iotad.preprocessing import FeatureStats, Scaler
-from iotad.train import get_weights
+from iotad.edge.agent import Agent, BundleWatcher, RawBlock, ReplaySource, TailSource, encode_block
+from iotad.edge.inference import NumpyDetector
+from iotad.telemetry import device as tdev
+from iotad.telemetry import exporter as texp
 
 DEVICE = "dev-test"
 
@@ -64,7 +65,7 @@ def wait_until(cond: Callable[[], bool], timeout: float = 20.0) -> None:
 
 @pytest.fixture
 def registry() -> CollectorRegistry:
-    return t.make_registry()
+    return texp.make_registry()
 
 
 @pytest.fixture
@@ -88,7 +89,7 @@ def test_agent_waits_for_bundle_then_hot_reloads(
     running: Callable[[Agent], threading.Thread],
 ) -> None:
     model_dir = tmp_path / "model"
-    agent = Agent(ReplaySource(traffic_csv, rate=0), model_dir, t.DeviceTelemetry(DEVICE, registry),
+    agent = Agent(ReplaySource(traffic_csv, rate=0), model_dir, tdev.DeviceTelemetry(DEVICE, registry),
                   batch_size=64, poll_interval=0.05)
     running(agent)
     time.sleep(0.3)
@@ -137,7 +138,7 @@ def test_agent_scores_alike_with_the_torch_loader(tmp_path: Path, traffic_csv: P
     scores = {}
     for name, loader in {"numpy": None, "torch": lambda d: Detector.load(d, feature_names=FEATURE_NAMES)}.items():
         kwargs = {} if loader is None else {"loader": loader}
-        agent = Agent(ReplaySource(traffic_csv, rate=0), model_dir, t.DeviceTelemetry(DEVICE, t.make_registry()),
+        agent = Agent(ReplaySource(traffic_csv, rate=0), model_dir, tdev.DeviceTelemetry(DEVICE, texp.make_registry()),
                       **kwargs)
         assert agent.reload_if_changed()
         assert type(agent.detector) is (NumpyDetector if loader is None else Detector)
@@ -263,7 +264,7 @@ def test_bad_rows_are_counted_by_reason_and_skipped(
     header = traffic_csv.read_bytes().split(b"\n", 1)[0]
     csv_path = tmp_path / "mixed.csv"
     csv_path.write_bytes(header + b"\n" + b"".join([*good[:5], *bad, *good[5:]]))
-    agent = Agent(ReplaySource(csv_path, rate=0, loop=False), model_dir, t.DeviceTelemetry(DEVICE, registry),
+    agent = Agent(ReplaySource(csv_path, rate=0, loop=False), model_dir, tdev.DeviceTelemetry(DEVICE, registry),
                   batch_size=8)
     agent.reload_if_changed()
     stats = agent.run(duration=10)
@@ -288,15 +289,15 @@ def test_agent_process_serves_union_metrics_and_stops_on_sigterm(
     mp.mkdir()
     # A ClientApp that already exited left its train loss in the same directory.
     code = (
-        "from iotad import telemetry as t; t.DeviceTelemetry('dev-test').trained(loss=0.25, samples=10, epochs=1,"
-        " seconds=0.1)"
+        "from iotad.telemetry.device import DeviceTelemetry; "
+        "DeviceTelemetry('dev-test').trained(loss=0.25, samples=10, epochs=1, seconds=0.1)"
     )
-    env = {**os.environ, t.MULTIPROC_ENV: str(mp)}
+    env = {**os.environ, texp.MULTIPROC_ENV: str(mp)}
     subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=60)
     port = free_port()
     argv = [sys.executable, "-m", "iotad.cli", "agent", "--device", DEVICE, "--model-dir", str(model_dir),
             "--metrics-dir", str(mp), "--metrics-port", str(port), "--replay", str(traffic_csv), "--rate", "500"]
-    env.pop(t.MULTIPROC_ENV)
+    env.pop(texp.MULTIPROC_ENV)
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         samples: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}

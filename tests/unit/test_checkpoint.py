@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from iotad import model
-from iotad.bundle import BUNDLE_JSON, WEIGHTS_NPZ, BundleError, model_members, state_dict_names
-from iotad.checkpoint import Checkpoint, CheckpointStore
+from iotad.core import model
+from iotad.core.bundle import BUNDLE_JSON, WEIGHTS_NPZ, BundleError, model_members, state_dict_names
+from iotad.core.detector import Detector
+from iotad.core.evaluation import ClassHistograms
+from iotad.core.preprocessing import FeatureStats, ResidualScale, Scaler
+from iotad.core.train import get_weights, set_weights
 from iotad.data.schema import FEATURE_NAMES, N_FEATURES
-from iotad.detector import Detector
-from iotad.evaluation import ClassHistograms
-from iotad.inference import NumpyDetector
-from iotad.preprocessing import FeatureStats, ResidualScale, Scaler
-from iotad.train import get_weights, set_weights
+from iotad.edge.inference import NumpyDetector
+from iotad.fl.checkpoint import Checkpoint, CheckpointStore
 
 
 def _state(members: int, seed: int = 3) -> tuple[list[np.ndarray], Scaler, ResidualScale, np.ndarray]:

@@ -8,8 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from iotad.data.schema import NORMAL
-from iotad.evaluation import (
+from iotad.core.evaluation import (
     ClassHistograms,
     Confusion,
     confusion_from_errors,
@@ -20,7 +19,8 @@ from iotad.evaluation import (
     roc_auc_from_histograms,
     roc_curve_from_histograms,
 )
-from iotad.threshold import BIN_RATIO, ERROR_BIN_EDGES, bin_index
+from iotad.core.threshold import BIN_RATIO, ERROR_BIN_EDGES, bin_index
+from iotad.data.schema import NORMAL
 
 
 def _rank_auc(scores: np.ndarray, labels: np.ndarray) -> float:

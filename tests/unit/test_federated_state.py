@@ -8,16 +8,16 @@ import numpy as np
 import pytest
 import torch
 
-from iotad import local_steps
+from iotad.core import local_steps
+from iotad.core.evaluation import ClassHistograms, confusion_from_errors, confusion_from_histograms
+from iotad.core.model import Autoencoder
+from iotad.core.preprocessing import FeatureStats, Scaler
+from iotad.core.threshold import error_histogram, threshold_from_histogram
+from iotad.core.train import get_weights, reconstruction_errors
 from iotad.data.device import load_device_splits
 from iotad.data.schema import N_FEATURES, NORMAL
 from iotad.data.synthetic import write_synthetic
 from iotad.data.traffic import Traffic
-from iotad.evaluation import ClassHistograms, confusion_from_errors, confusion_from_histograms
-from iotad.model import Autoencoder
-from iotad.preprocessing import FeatureStats, Scaler
-from iotad.threshold import error_histogram, threshold_from_histogram
-from iotad.train import get_weights, reconstruction_errors
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +49,7 @@ def test_merged_threshold_equals_centralised(device_splits: list, global_model: 
     scaler = Scaler.from_stats(FeatureStats.merge_all([local_steps.feature_stats(s) for s in device_splits]))
     merged = np.sum([local_steps.calibration_histogram(s, global_model, scaler) for s in device_splits], axis=0)
     model = Autoencoder(N_FEATURES)
-    from iotad.train import set_weights
+    from iotad.core.train import set_weights
 
     set_weights(model, global_model)
     union = Traffic.concat([s.calibration for s in device_splits])
@@ -73,7 +73,7 @@ def test_merged_confusion_equals_centralised(device_splits: list, global_model: 
         summed = summed + part.confusion
     merged_h = ClassHistograms.merge_all([p.histograms for p in local])
 
-    from iotad.train import set_weights
+    from iotad.core.train import set_weights
 
     model = Autoencoder(N_FEATURES)
     set_weights(model, global_model)
@@ -100,8 +100,8 @@ def test_device_splits_are_cached(tmp_path: Path) -> None:
 
 
 def test_merged_residual_scale_equals_centralised(device_splits: list, global_model: list[np.ndarray]) -> None:
-    from iotad.preprocessing import ResidualScale
-    from iotad.train import residual_sumsq, set_weights
+    from iotad.core.preprocessing import ResidualScale
+    from iotad.core.train import residual_sumsq, set_weights
 
     scaler = Scaler.from_stats(FeatureStats.merge_all([local_steps.feature_stats(s) for s in device_splits]))
     merged = ResidualScale.merge_all([local_steps.residual_stats(s, global_model, scaler) for s in device_splits])

@@ -16,14 +16,14 @@ from typing import Any
 import numpy as np
 import pytest
 
-from iotad import bundle as bundle_mod
-from iotad import detector as detector_mod
-from iotad import inference
-from iotad.bundle import BUNDLE_JSON, WEIGHTS_NPZ, BundleError, expected_shapes, read_bundle
-from iotad.detector import Detector, detector_from_weights
-from iotad.inference import NumpyDetector, set_blas_threads
-from iotad.model import DEFAULT_HIDDEN, Autoencoder
-from iotad.train import SCORE_BATCH, TrainConfig, get_weights
+from iotad.core import bundle as bundle_mod
+from iotad.core import detector as detector_mod
+from iotad.core.bundle import BUNDLE_JSON, WEIGHTS_NPZ, BundleError, expected_shapes, read_bundle
+from iotad.core.detector import Detector, detector_from_weights
+from iotad.core.model import DEFAULT_HIDDEN, Autoencoder
+from iotad.core.train import SCORE_BATCH, TrainConfig, get_weights
+from iotad.edge import inference
+from iotad.edge.inference import NumpyDetector, set_blas_threads
 
 N_FEATURES = 8
 NAMES = [f"f{i}" for i in range(N_FEATURES)]
@@ -276,7 +276,7 @@ def test_concurrent_reader_never_sees_a_torn_bundle(
 
 def test_agent_modules_do_not_import_torch() -> None:
     code = (
-        "import sys, iotad.agent, iotad.inference, iotad.bundle, iotad.cli\n"
+        "import sys, iotad.edge.agent, iotad.edge.inference, iotad.core.bundle, iotad.cli\n"
         "assert 'torch' not in sys.modules, 'torch imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
@@ -299,10 +299,10 @@ def test_device_launcher_imports_neither_pandas_nor_torch(tmp_path: Path) -> Non
 def test_iotad_agent_command_scores_without_torch(bundle_dir: Path, tmp_path: Path) -> None:
     """``iotad agent`` through the CLI entry point: loads a real bundle, scores, stops, and never imports
     torch (checked in the same interpreter after the command returns)."""
+    from iotad.core.preprocessing import FeatureStats, Scaler
     from iotad.data.schema import FEATURE_NAMES
     from iotad.data.synthetic import write_synthetic
     from iotad.deploy.processes import free_port
-    from iotad.preprocessing import FeatureStats, Scaler
 
     csv = write_synthetic(tmp_path / "data", 1, 300, seed=2)[0]
     x = np.zeros((1, len(FEATURE_NAMES)))
@@ -317,7 +317,7 @@ threading.Timer(4.0, os.kill, (os.getpid(), signal.SIGTERM)).start()
 rc = cli.main(["agent", "--device", "d", "--model-dir", {str(model_dir)!r}, "--replay", {str(csv)!r},
                "--rate", "0", "--metrics-port", "{free_port()}", "--metrics-dir", {str(tmp_path / "mp")!r}])
 assert rc == 0, rc
-assert "iotad.inference" in sys.modules and "torch" not in sys.modules, "torch imported"
+assert "iotad.edge.inference" in sys.modules and "torch" not in sys.modules, "torch imported"
 print("torch-free")
 """
     (tmp_path / "mp").mkdir()

@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from iotad.bundle import model_members
-from iotad.model import DEFAULT_MEMBERS, Autoencoder
-from iotad.train import get_weights
+from iotad.core.bundle import model_members
+from iotad.core.model import DEFAULT_MEMBERS, Autoencoder
+from iotad.core.train import get_weights
 
 
 def test_output_shape_and_tanh_bounds() -> None:

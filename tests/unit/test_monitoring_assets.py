@@ -22,7 +22,11 @@ import numpy as np
 import pytest
 import yaml
 
-from iotad import telemetry as t
+from iotad.telemetry import catalogue as tcat
+from iotad.telemetry import device as tdev
+from iotad.telemetry import exporter as texp
+from iotad.telemetry import federation as tfed
+from iotad.telemetry import spec as tspec
 
 ROOT = Path(__file__).resolve().parents[2]
 MON = ROOT / "monitoring"
@@ -78,7 +82,7 @@ def dashboard_queries() -> list[tuple[str, str, str]]:
 
 
 def known_series() -> set[str]:
-    return {n for s in t.catalogue() for n in t.sample_names(s)}
+    return {n for s in tcat.catalogue() for n in tspec.sample_names(s)}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -110,7 +114,7 @@ def test_every_required_alert_exists_and_is_unit_tested() -> None:
 
 
 # --------------------------------------------------------------------------------------------------
-# Metric names used by rules and dashboards exist in iotad/telemetry.py
+# Metric names used by rules and dashboards exist in iotad/telemetry/
 
 
 def test_metric_regex_does_not_match_label_values() -> None:
@@ -122,7 +126,7 @@ def test_rules_reference_only_defined_metrics() -> None:
     known = known_series()
     for r in rules():
         for name in METRIC_RE.findall(r["expr"]):
-            assert name in known, f"{r.get('alert')}: {name} is not defined in iotad/telemetry.py"
+            assert name in known, f"{r.get('alert')}: {name} is not defined in iotad/telemetry/"
 
 
 def test_dashboards_reference_only_defined_metrics() -> None:
@@ -133,13 +137,13 @@ def test_dashboards_reference_only_defined_metrics() -> None:
         names = METRIC_RE.findall(expr)
         assert names or "up{" in expr or "time()" in expr, f"{board} / {title}: no iotad metric in {expr}"
         for name in names:
-            assert name in known, f"{board} / {title}: {name} is not defined in iotad/telemetry.py"
+            assert name in known, f"{board} / {title}: {name} is not defined in iotad/telemetry/"
 
 
 def test_dashboards_cover_every_metric() -> None:
     used = {n for _, _, expr in dashboard_queries() for n in METRIC_RE.findall(expr)}
-    for spec in t.catalogue():
-        assert used & set(t.sample_names(spec)), f"{spec.name} appears on no dashboard"
+    for spec in tcat.catalogue():
+        assert used & set(tspec.sample_names(spec)), f"{spec.name} appears on no dashboard"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -185,7 +189,7 @@ def test_dashboards_are_well_formed() -> None:
 
 def test_docs_list_every_metric_and_alert() -> None:
     doc = (ROOT / "docs" / "monitoring.md").read_text()
-    assert t.catalogue_markdown() in doc, "docs/monitoring.md: paste `python -m iotad.telemetry` output"
+    assert tcat.catalogue_markdown() in doc, "docs/monitoring.md: paste `python -m iotad.telemetry` output"
     for r in rules():
         if "alert" in r:
             assert r["alert"] in doc
@@ -214,8 +218,8 @@ def _query(base: str, expr: str) -> Any:
 @pytest.fixture()
 def exporters() -> Iterator[dict[str, int]]:
     servers = []
-    agg_reg = t.make_registry()
-    agg = t.AggregatorTelemetry(agg_reg)
+    agg_reg = texp.make_registry()
+    agg = tfed.AggregatorTelemetry(agg_reg)
     # A fresh run, never resumed (the common case): series with known label values must exist anyway.
     agg.run_started(planned_rounds=3)
     for rnd, thr in ((1, 0.04), (2, 0.03)):
@@ -224,11 +228,11 @@ def exporters() -> Iterator[dict[str, int]]:
                            model_bytes=60_000)
         agg.evaluated({"precision": 0.9, "recall": 0.8, "f1": 0.85, "fpr": 0.01, "roc_auc": 0.95,
                        "pr_auc": 0.9, "threshold": thr, "per_attack_recall": {"DDoS_UDP": 1.0, "MITM": 0.4}})
-    servers.append(t.serve_metrics(0, "127.0.0.1", registry=agg_reg))
+    servers.append(texp.serve_metrics(0, "127.0.0.1", registry=agg_reg))
     rng = np.random.default_rng(0)
     for k in (1, 2):
-        reg = t.make_registry()
-        dev = t.DeviceTelemetry(f"device-{k}", reg)
+        reg = texp.make_registry()
+        dev = tdev.DeviceTelemetry(f"device-{k}", reg)
         dev.prime(reject_reasons=("shifted", "non_numeric"))
         dev.clientapp_started(seconds=2.5)
         dev.trained(loss=0.02, samples=1000, epochs=2, seconds=3.0)
@@ -237,7 +241,7 @@ def exporters() -> Iterator[dict[str, int]]:
         scores = 10 ** rng.uniform(-5, 0, 200)
         dev.scored(scores, scores > 0.03, seconds=0.01, attack_types=["Normal", "MITM"] * 100)
         dev.rejected({"shifted": 2})
-        servers.append(t.serve_metrics(0, "127.0.0.1", registry=reg))
+        servers.append(texp.serve_metrics(0, "127.0.0.1", registry=reg))
     try:
         yield {"aggregator": servers[0].port, "device-1": servers[1].port, "device-2": servers[2].port}
     finally:

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from iotad.preprocessing import CLIP, FeatureStats, Scaler, signed_log1p
+from iotad.core.preprocessing import CLIP, FeatureStats, Scaler, signed_log1p
 
 
 def _features(n: int, seed: int) -> np.ndarray:
@@ -128,7 +128,7 @@ def test_scaler_rejects_wrong_width() -> None:
 
 
 def test_residual_scale_merges_like_pooled_rows_and_round_trips() -> None:
-    from iotad.preprocessing import RESIDUAL_VAR_FLOOR, ResidualScale
+    from iotad.core.preprocessing import RESIDUAL_VAR_FLOOR, ResidualScale
 
     rng = np.random.default_rng(0)
     r = rng.normal(0.0, [1.0, 0.1, 0.0001, 0.5], size=(300, 4))

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from iotad.core.model import Autoencoder
+from iotad.core.train import get_weights
 from iotad.data.schema import N_FEATURES
-from iotad.model import Autoencoder
-from iotad.server_app import initial_weights
-from iotad.train import get_weights
+from iotad.fl.server_app import initial_weights
 
 
 @pytest.mark.parametrize(("seed", "members"), [(0, 4), (7, 1)])
@@ -36,14 +36,14 @@ from pathlib import Path
 
 import numpy as np
 
-import iotad.checkpoint
-import iotad.server_app
-from iotad.checkpoint import Checkpoint, CheckpointStore
+import iotad.fl.checkpoint
+import iotad.fl.server_app
+from iotad.fl.checkpoint import Checkpoint, CheckpointStore
 from iotad.data.schema import N_FEATURES
-from iotad.evaluation import ClassHistograms
-from iotad.preprocessing import FeatureStats, ResidualScale, Scaler
+from iotad.core.evaluation import ClassHistograms
+from iotad.core.preprocessing import FeatureStats, ResidualScale, Scaler
 
-weights = iotad.server_app.initial_weights(0, 2)
+weights = iotad.fl.server_app.initial_weights(0, 2)
 scaler = Scaler.from_stats(FeatureStats.of(np.ones((4, N_FEATURES))))
 residual = ResidualScale(count=4, sumsq=np.ones(2 * N_FEATURES))
 store = CheckpointStore(Path({str(tmp_path)!r}))

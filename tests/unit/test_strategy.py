@@ -13,10 +13,10 @@ from flwr.serverapp.strategy import FedAvg, FedMedian, FedProx, FedTrimmedAvg, K
 from flwr.supercore.task_identity import TaskIdentity
 
 from iotad.cli import build_parser
-from iotad.client_app import training_seed
-from iotad.model import DEFAULT_MEMBERS
-from iotad.records import config_int
-from iotad.strategy import FederationConfig, in_content_order, make_strategy, screen_updates
+from iotad.core.model import DEFAULT_MEMBERS
+from iotad.fl.client_app import training_seed
+from iotad.fl.records import config_int
+from iotad.fl.strategy import FederationConfig, in_content_order, make_strategy, screen_updates
 
 
 @pytest.fixture(autouse=True)
@@ -108,8 +108,8 @@ def test_simulate_passes_its_split_seed_to_the_run_config(
     split_seed: int | None, expected: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """``iotad simulate --split-seed`` reaches the devices (run config ``split-seed``); the model seed stays."""
-    import iotad.server_app
-    from iotad.simulation import simulate
+    import iotad.fl.server_app
+    from iotad.fl.simulation import simulate
 
     seen: dict[str, object] = {}
 
@@ -120,7 +120,7 @@ def test_simulate_passes_its_split_seed_to_the_run_config(
         seen.update(overrides)
         raise Stop
 
-    monkeypatch.setattr(iotad.server_app, "make_server_app", capture)
+    monkeypatch.setattr(iotad.fl.server_app, "make_server_app", capture)
     for var in ("IOTAD_CACHE_DIR", "RAY_DEDUP_LOGS"):  # simulate sets them for its run: restore them after
         monkeypatch.setenv(var, "")
     (tmp_path / "device-0").mkdir()

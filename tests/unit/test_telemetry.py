@@ -18,21 +18,25 @@ from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
-from iotad import telemetry as t
+from iotad.telemetry import catalogue as tcat
+from iotad.telemetry import device as tdev
+from iotad.telemetry import exporter as texp
+from iotad.telemetry import federation as tfed
+from iotad.telemetry import spec as tspec
 
 NAME_RE = re.compile(r"^iotad_(fl|edge)_[a-z][a-z0-9]*(_[a-z0-9]+)*$")
 FORBIDDEN_LABELS = {"round", "server_round", "ip", "instance_ip", "flow", "flow_id", "node_id", "pid"}
 
 
-@pytest.mark.parametrize("spec", t.catalogue(), ids=lambda s: s.name)
-def test_name_follows_convention(spec: t.MetricSpec) -> None:
+@pytest.mark.parametrize("spec", tcat.catalogue(), ids=lambda s: s.name)
+def test_name_follows_convention(spec: tspec.MetricSpec) -> None:
     assert NAME_RE.match(spec.name), spec.name
     assert spec.name.split("_")[1] == spec.subsystem in {"fl", "edge"}
     assert spec.name.endswith("_total") == (spec.kind == "counter")
     tokens = spec.name.removesuffix("_total").split("_")
     assert len(tokens) >= 4, f"{spec.name}: needs a quantity and a unit"
-    assert tokens[-1] in t.UNITS, f"{spec.name}: unit {tokens[-1]!r} not in {sorted(t.UNITS)}"
-    assert set(spec.labels) <= t.ALLOWED_LABELS
+    assert tokens[-1] in tspec.UNITS, f"{spec.name}: unit {tokens[-1]!r} not in {sorted(tspec.UNITS)}"
+    assert set(spec.labels) <= tspec.ALLOWED_LABELS
     assert not set(spec.labels) & FORBIDDEN_LABELS
     assert ("device" in spec.labels) == (spec.subsystem == "edge")
     assert (spec.mode is not None) == (spec.kind == "gauge")
@@ -44,40 +48,40 @@ def test_name_follows_convention(spec: t.MetricSpec) -> None:
 
 
 def test_catalogue_is_unique_and_matches_attributes() -> None:
-    names = [s.name for s in t.catalogue()]
+    names = [s.name for s in tcat.catalogue()]
     assert len(names) == len(set(names))
-    for cls in (t.FLMetrics, t.EdgeMetrics):
+    for cls in (tfed.FLMetrics, tdev.EdgeMetrics):
         assert {s.attr for s in cls._specs} == set(cls.__annotations__)
 
 
 def test_state_gauges_survive_dead_processes() -> None:
     # Values written by a ClientApp that already exited must still be served.
-    for s in t.catalogue():
+    for s in tcat.catalogue():
         if s.kind == "gauge" and s.name != "iotad_fl_active_runs":
             assert s.mode is not None and not s.mode.startswith("live"), s.name
 
 
 def test_registered_families_match_catalogue() -> None:
-    reg = t.make_registry()
-    t.fl_metrics(reg)
-    t.edge_metrics(reg)
+    reg = texp.make_registry()
+    tfed.fl_metrics(reg)
+    tdev.edge_metrics(reg)
     families = {m.name: m for m in reg.collect()}
-    for s in t.catalogue():
+    for s in tcat.catalogue():
         fam = families[s.name.removesuffix("_total")]
         assert fam.type == s.kind
-    assert t.fl_metrics(reg) is t.fl_metrics(reg)  # registering twice would raise
+    assert tfed.fl_metrics(reg) is tfed.fl_metrics(reg)  # registering twice would raise
 
 
 def test_score_buckets_cover_reconstruction_errors() -> None:
-    b = t.SCORE_BUCKETS
+    b = tspec.SCORE_BUCKETS
     assert b[0] <= 1e-6 and b[-1] >= 1e2
     ratios = np.diff(np.log10(b))
     assert np.allclose(ratios, 0.25, atol=0.01)  # log-spaced
 
 
 def test_device_telemetry_records() -> None:
-    reg = t.make_registry()
-    dev = t.DeviceTelemetry("dev-a", reg)
+    reg = texp.make_registry()
+    dev = tdev.DeviceTelemetry("dev-a", reg)
     dev.prime(reject_reasons=("shifted",))
     labels = {"device": "dev-a"}
     assert reg.get_sample_value("iotad_edge_scored_flows_total", labels) == 0
@@ -123,11 +127,11 @@ def test_device_telemetry_records() -> None:
 
 def test_observe_many_equals_observe() -> None:
     rng = np.random.default_rng(0)
-    v = np.concatenate([10 ** rng.uniform(-8, 3, 500), t.SCORE_BUCKETS, [np.inf, -np.inf, np.nan]])
-    ra, rb = t.make_registry(), t.make_registry()
-    ha = Histogram("h", "x", buckets=t.SCORE_BUCKETS, registry=ra)
-    hb = Histogram("h", "x", buckets=t.SCORE_BUCKETS, registry=rb)
-    t.observe_many(ha, v)
+    v = np.concatenate([10 ** rng.uniform(-8, 3, 500), tspec.SCORE_BUCKETS, [np.inf, -np.inf, np.nan]])
+    ra, rb = texp.make_registry(), texp.make_registry()
+    ha = Histogram("h", "x", buckets=tspec.SCORE_BUCKETS, registry=ra)
+    hb = Histogram("h", "x", buckets=tspec.SCORE_BUCKETS, registry=rb)
+    tspec.observe_many(ha, v)
     for x in v[np.isfinite(v)]:
         hb.observe(float(x))
     sa = {
@@ -148,8 +152,8 @@ def test_observe_many_equals_observe() -> None:
 
 
 def test_aggregator_telemetry_records() -> None:
-    reg = t.make_registry()
-    agg = t.AggregatorTelemetry(reg)
+    reg = texp.make_registry()
+    agg = tfed.AggregatorTelemetry(reg)
     before = time.time()
     agg.run_started(planned_rounds=5)
     agg.run_started(planned_rounds=5, resumed_reason="superlink_restart")
@@ -200,9 +204,9 @@ def test_aggregator_telemetry_records() -> None:
 
 
 def test_serve_metrics_in_memory() -> None:
-    reg = t.make_registry()
-    t.DeviceTelemetry("dev-s", reg).model_loaded(model_round=2, threshold=0.5)
-    server = t.serve_metrics(0, "127.0.0.1", registry=reg)
+    reg = texp.make_registry()
+    tdev.DeviceTelemetry("dev-s", reg).model_loaded(model_round=2, threshold=0.5)
+    server = texp.serve_metrics(0, "127.0.0.1", registry=reg)
     try:
         assert server.port > 0
         body = urllib.request.urlopen(server.url, timeout=5).read().decode()
@@ -214,31 +218,31 @@ def test_serve_metrics_in_memory() -> None:
 def test_configure_multiprocess_refuses_after_metrics_exist(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    t.edge_metrics(t.make_registry())  # this process now has in-memory metrics
-    monkeypatch.delenv(t.MULTIPROC_ENV, raising=False)
-    assert t.configure_multiprocess() is None
-    monkeypatch.setenv(t.MULTIPROC_ENV, str(tmp_path))
-    assert not t.multiprocess_enabled()
+    tdev.edge_metrics(texp.make_registry())  # this process now has in-memory metrics
+    monkeypatch.delenv(texp.MULTIPROC_ENV, raising=False)
+    assert texp.configure_multiprocess() is None
+    monkeypatch.setenv(texp.MULTIPROC_ENV, str(tmp_path))
+    assert not texp.multiprocess_enabled()
     with pytest.raises(RuntimeError):
-        t.configure_multiprocess()
+        texp.configure_multiprocess()
 
 
 def test_prepare_multiproc_dir_wipes(tmp_path: Path) -> None:
     (tmp_path / "counter_1.db").write_bytes(b"x")
     (tmp_path / "keep.txt").write_text("x")
-    t.prepare_multiproc_dir(tmp_path)
+    texp.prepare_multiproc_dir(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.txt"]
 
 
 def test_process_age_is_plausible() -> None:
-    age = t.process_age_seconds()
+    age = tdev.process_age_seconds()
     if sys.platform.startswith("linux"):
         assert age is not None and age >= 0
 
 
 def test_markdown_catalogue_lists_everything() -> None:
-    md = t.catalogue_markdown()
-    for s in t.catalogue():
+    md = tcat.catalogue_markdown()
+    for s in tcat.catalogue():
         assert f"`{s.name}`" in md
 
 
@@ -248,9 +252,9 @@ def test_markdown_catalogue_lists_everything() -> None:
 CLIENTAPP = textwrap.dedent(
     """
     import sys, json
-    from iotad import telemetry as t
+    from iotad.telemetry import device as tdev
     loss, samples = float(sys.argv[1]), int(sys.argv[2])
-    dev = t.DeviceTelemetry("dev-m")
+    dev = tdev.DeviceTelemetry("dev-m")
     dev.clientapp_started()  # measured from /proc, once per process
     dev.clientapp_started()
     dev.trained(loss=loss, samples=samples, epochs=1, seconds=0.5)
@@ -260,15 +264,15 @@ CLIENTAPP = textwrap.dedent(
 AGENT = textwrap.dedent(
     """
     import sys, time
-    from iotad import telemetry as t
-    t.configure_multiprocess(sys.argv[1])
-    agg = t.AggregatorTelemetry()           # livesum gauge written by a live process
+    from iotad.telemetry import device as tdev, exporter as texp, federation as tfed
+    texp.configure_multiprocess(sys.argv[1])
+    agg = tfed.AggregatorTelemetry()           # livesum gauge written by a live process
     agg.run_started(planned_rounds=3)
-    dev = t.DeviceTelemetry("dev-m")
+    dev = tdev.DeviceTelemetry("dev-m")
     dev.prime()
     dev.model_loaded(model_round=7, threshold=0.03)
     dev.scored([0.001, 0.2], [0, 1], seconds=0.01)
-    server = t.serve_metrics(0, "127.0.0.1")
+    server = texp.serve_metrics(0, "127.0.0.1")
     print(server.port, flush=True)
     sys.stdin.readline()
     """
@@ -280,8 +284,8 @@ def _run(code: str, *args: str, env: dict[str, str]) -> None:
 
 
 def test_multiprocess_union_of_dead_clientapps_and_live_agent(tmp_path: Path) -> None:
-    mp = t.prepare_multiproc_dir(tmp_path / "mp")
-    env = {**os.environ, t.MULTIPROC_ENV: str(mp)}
+    mp = texp.prepare_multiproc_dir(tmp_path / "mp")
+    env = {**os.environ, texp.MULTIPROC_ENV: str(mp)}
     _run(CLIENTAPP, "0.5", "10", env=env)
     time.sleep(0.01)  # mostrecent compares wall-clock stamps
     _run(CLIENTAPP, "0.25", "30", env=env)
@@ -295,7 +299,7 @@ def test_multiprocess_union_of_dead_clientapps_and_live_agent(tmp_path: Path) ->
     assert reg.get_sample_value("iotad_edge_clientapp_startup_seconds_count", labels) == 2
 
     # An agent in the same directory serves everything once, its own values included.
-    env_agent = {k: v for k, v in os.environ.items() if k != t.MULTIPROC_ENV}
+    env_agent = {k: v for k, v in os.environ.items() if k != texp.MULTIPROC_ENV}
     agent = subprocess.Popen(
         [sys.executable, "-c", AGENT, str(mp)],
         env=env_agent,
@@ -331,6 +335,6 @@ def test_multiprocess_union_of_dead_clientapps_and_live_agent(tmp_path: Path) ->
 
     # After the launcher-like process died, its live gauge disappears at the next collection.
     reg2 = CollectorRegistry()
-    t._ReapingCollector(reg2, path=str(mp))
+    texp._ReapingCollector(reg2, path=str(mp))
     assert reg2.get_sample_value("iotad_fl_active_runs") is None
     assert reg2.get_sample_value("iotad_edge_model_round", labels) == 7  # mostrecent survives

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from iotad.threshold import (
+from iotad.core.threshold import (
     BIN_RATIO,
     ERROR_BIN_EDGES,
     N_BINS,

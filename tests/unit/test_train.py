@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from iotad.model import Autoencoder
-from iotad.train import (
+from iotad.core.model import Autoencoder
+from iotad.core.train import (
     TrainConfig,
     bf16_supported,
     effective_batch_size,

@@ -14,7 +14,7 @@ Rows go through the data layer's own parsing and encoding (the loader's line spl
 skipped, never fatal. Until the first bundle exists the agent waits; while a new bundle loads it keeps
 scoring with the old one.
 
-Scoring is numpy only (:class:`iotad.inference.NumpyDetector`): the agent never imports torch, which
+Scoring is numpy only (:class:`iotad.edge.inference.NumpyDetector`): the agent never imports torch, which
 would add a few hundred MB to an always-on process that only needs one small forward pass per batch.
 """
 
@@ -34,8 +34,7 @@ from typing import IO, Protocol
 
 import numpy as np
 
-from iotad import telemetry
-from iotad.bundle import BundleError
+from iotad.core.bundle import BundleError
 from iotad.data.encoding import SchemaError
 from iotad.data.loader import check_header, encode_lines
 from iotad.data.schema import (
@@ -44,7 +43,9 @@ from iotad.data.schema import (
     REJECT_REASONS,
     TYPE_COLUMN,
 )
-from iotad.inference import NumpyDetector, Scorer, set_blas_threads
+from iotad.edge.inference import NumpyDetector, Scorer, set_blas_threads
+from iotad.telemetry.device import DeviceTelemetry
+from iotad.telemetry.exporter import configure_multiprocess, serve_metrics
 
 log = logging.getLogger(__name__)
 
@@ -69,13 +70,13 @@ class BundleWatcher:
     """Notices a new global bundle in ``model_dir`` (a ``stat`` of ``bundle.json`` per poll) and loads it.
 
     The ClientApp writes the bundle with an atomic directory swap, so the stat changes exactly when a
-    complete new bundle is in place; :func:`iotad.bundle.read_bundle` retries if it changes while being read.
+    complete new bundle is in place; :func:`iotad.core.bundle.read_bundle` retries if it changes while being read.
 
     Parameters
     ----------
     loader
         Builds the detector from the bundle directory; :func:`load_numpy_detector` by default (benchmarks
-        pass the torch :class:`iotad.detector.Detector`'s to compare).
+        pass the torch :class:`iotad.core.detector.Detector`'s to compare).
     """
 
     def __init__(self, model_dir: Path | str, loader: Loader = load_numpy_detector) -> None:
@@ -449,7 +450,7 @@ class Agent:
         self,
         source: Source,
         model_dir: Path | str,
-        telemetry_: telemetry.DeviceTelemetry,
+        telemetry_: DeviceTelemetry,
         *,
         batch_size: int = DEFAULT_BATCH,
         poll_interval: float = 1.0,
@@ -587,7 +588,7 @@ class AgentOptions:
     burst_every: float = 0.0
     from_start: bool = False
     poll_interval: float = 1.0
-    threads: int = 1  # numpy BLAS threads for scoring (iotad.inference.set_blas_threads)
+    threads: int = 1  # numpy BLAS threads for scoring (iotad.edge.inference.set_blas_threads)
 
 
 def make_source(opts: AgentOptions) -> ReplaySource | TailSource:
@@ -609,12 +610,12 @@ def run_agent(opts: AgentOptions, *, loader: Loader = load_numpy_detector) -> in
 
     ``loader`` builds the detector (the torch-free :func:`load_numpy_detector` unless a benchmark compares).
     """
-    telemetry.configure_multiprocess(opts.metrics_dir)  # None: keep $PROMETHEUS_MULTIPROC_DIR if set
+    configure_multiprocess(opts.metrics_dir)  # None: keep $PROMETHEUS_MULTIPROC_DIR if set
     source = make_source(opts)
     if not set_blas_threads(opts.threads):  # one core: the rest of the box runs the ClientApps
         log.warning("--threads %d not applied: numpy's BLAS is not an OpenBLAS this agent can reach", opts.threads)
-    dev = telemetry.DeviceTelemetry(opts.device)
-    server = telemetry.serve_metrics(opts.metrics_port, opts.metrics_host)
+    dev = DeviceTelemetry(opts.device)
+    server = serve_metrics(opts.metrics_port, opts.metrics_host)
     log.warning("agent %s: /metrics on %s; model dir %s", opts.device, server.url, opts.model_dir)
     agent = Agent(source, opts.model_dir, dev, batch_size=opts.batch_size, poll_interval=opts.poll_interval,
                   loader=loader)

@@ -13,8 +13,8 @@ from typing import Any, cast
 import numpy as np
 from flwr.app import ConfigRecord, MetricRecord
 
-from iotad.evaluation import ClassHistograms, Confusion
-from iotad.preprocessing import FeatureStats, ResidualScale, Scaler
+from iotad.core.evaluation import ClassHistograms, Confusion
+from iotad.core.preprocessing import FeatureStats, ResidualScale, Scaler
 
 HIST_PREFIX = "hist."
 CONFUSION_KEYS = ("tp", "fp", "tn", "fn")

@@ -15,9 +15,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from iotad.bundle import DEFAULT_MEMBERS
-from iotad.checkpoint import CheckpointStore
-from iotad.runs import data_kind, device_dirs, write_run
+from iotad.core.bundle import DEFAULT_MEMBERS
+from iotad.core.runs import data_kind, device_dirs, write_run
+from iotad.fl.checkpoint import CheckpointStore
 
 
 def simulate(
@@ -38,7 +38,7 @@ def simulate(
     """Run ``rounds`` federated rounds over the device folders in ``data``; returns the final metrics.
 
     ``seed`` fixes the initial weights and the devices' shuffling, ``split_seed`` (default: ``seed``) each
-    device's train / calibration / evaluation split, as in :func:`iotad.centralized.run_centralized`.
+    device's train / calibration / evaluation split, as in :func:`iotad.core.centralized.run_centralized`.
     """
     found = device_dirs(data)
     n = devices or len(found)
@@ -67,8 +67,8 @@ def simulate(
 
     from flwr.simulation import run_simulation
 
-    from iotad.client_app import app as client_app
-    from iotad.server_app import make_server_app
+    from iotad.fl.client_app import app as client_app
+    from iotad.fl.server_app import make_server_app
 
     t0 = time.monotonic()
     run_simulation(

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 # The default shape lives in the torch-free bundle module (the aggregator writes bundles without torch).
-from iotad.bundle import DEFAULT_DROPOUT, DEFAULT_HIDDEN, DEFAULT_MEMBERS, model_members
+from iotad.core.bundle import DEFAULT_DROPOUT, DEFAULT_HIDDEN, DEFAULT_MEMBERS, model_members
 
 
 class FastDropout(nn.Module):
@@ -99,8 +99,8 @@ class Autoencoder(nn.Module):
     """``members`` independently initialised :class:`MirrorAutoencoder` s that all reconstruct the input.
 
     ``forward`` returns the members' reconstructions side by side, shape (rows, members * n_features); the
-    residual subtracts the input from each (:func:`iotad.train.residual`), so the residual statistics and
-    the anomaly score (the mean over all of them, :class:`iotad.preprocessing.ResidualScale`) are the
+    residual subtracts the input from each (:func:`iotad.core.train.residual`), so the residual statistics and
+    the anomaly score (the mean over all of them, :class:`iotad.core.preprocessing.ResidualScale`) are the
     average of the members' scores. Training minimises the members' mean loss; they share no parameters,
     so each learns as if alone (Adam is per parameter). Averaging them cancels what one member happens to
     reconstruct from its random initialisation (Kitsune, Mirsky et al., NDSS 2018, also scores with an

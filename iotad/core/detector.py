@@ -1,13 +1,13 @@
 """Anomaly detector in the PyOD spirit (torch model + scaler + residual scale + threshold).
 
 ``fit`` learns the scaler, trains the autoencoder, measures the typical per-feature residual on the normal
-training rows (:class:`~iotad.preprocessing.ResidualScale`) and sets the threshold from held-out normal
+training rows (:class:`~iotad.core.preprocessing.ResidualScale`) and sets the threshold from held-out normal
 traffic; ``decision_function`` returns the mean squared z-score of the reconstruction residuals (each
 feature's squared residual divided by its mean on normal training rows; plain MSE for a bundle without a
 residual scale); higher = more anomalous. ``predict`` compares scores with the threshold, which is kept
 apart from scoring (a federated round replaces it without retraining).
 
-The bundle (a directory: ``bundle.json`` + ``weights.npz``) is written and read by :mod:`iotad.bundle`,
+The bundle (a directory: ``bundle.json`` + ``weights.npz``) is written and read by :mod:`iotad.core.bundle`,
 which owns the format, the atomic swap and the torch-free reader the device agent shares.
 """
 
@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-# The bundle format lives in iotad.bundle (torch-free); its names stay importable from here.
-from iotad.bundle import (
+# The bundle format lives in iotad.core.bundle (torch-free); its names stay importable from here.
+from iotad.core.bundle import (
     BUNDLE_FORMAT,
     BUNDLE_JSON,
     BUNDLE_VERSION,
@@ -32,10 +32,10 @@ from iotad.bundle import (
     read_bundle,
     save_bundle,
 )
-from iotad.model import DEFAULT_DROPOUT, DEFAULT_HIDDEN, DEFAULT_MEMBERS, Autoencoder
-from iotad.preprocessing import FeatureStats, ResidualScale, Scaler
-from iotad.threshold import error_histogram, threshold_from_histogram
-from iotad.train import (
+from iotad.core.model import DEFAULT_DROPOUT, DEFAULT_HIDDEN, DEFAULT_MEMBERS, Autoencoder
+from iotad.core.preprocessing import FeatureStats, ResidualScale, Scaler
+from iotad.core.threshold import error_histogram, threshold_from_histogram
+from iotad.core.train import (
     TrainConfig,
     TrainResult,
     get_weights,
@@ -65,7 +65,7 @@ class Detector:
     n_features : int
         Input width.
     hidden, dropout, members
-        Autoencoder shape (see :class:`iotad.model.Autoencoder`).
+        Autoencoder shape (see :class:`iotad.core.model.Autoencoder`).
     feature_names : sequence of str, optional
         Names of the feature columns, stored in the bundle and checked on load.
     """
@@ -178,8 +178,8 @@ class Detector:
     ) -> Detector:
         """Load a bundle; ``feature_names`` / ``n_features`` (when given) must match the bundle's.
 
-        Reading and validation are :func:`iotad.bundle.read_bundle` (shared with the torch-free
-        :class:`iotad.inference.NumpyDetector`); this adds the torch model.
+        Reading and validation are :func:`iotad.core.bundle.read_bundle` (shared with the torch-free
+        :class:`iotad.edge.inference.NumpyDetector`); this adds the torch model.
 
         Raises
         ------
@@ -192,8 +192,8 @@ class Detector:
 
     @classmethod
     def from_bundle(cls, bundle: Bundle) -> Detector:
-        """Build the torch detector of a bundle (read by :func:`iotad.bundle.read_bundle`, or assembled by
-        :func:`iotad.bundle.bundle_from_weights`)."""
+        """Build the torch detector of a bundle (read by :func:`iotad.core.bundle.read_bundle`, or assembled by
+        :func:`iotad.core.bundle.bundle_from_weights`)."""
         det = cls(bundle.n_features, hidden=bundle.hidden, dropout=bundle.dropout, members=bundle.members,
                   feature_names=bundle.feature_names)
         try:
@@ -225,7 +225,7 @@ def detector_from_weights(
 ) -> Detector:
     """Assemble a detector from federated state (global weights, scaler, residual scale, threshold), e.g. to
     save a bundle; the ensemble size follows from the number of weight arrays. Without ``residual_scale``
-    the detector scores plain reconstruction MSE. The checks are :func:`iotad.bundle.bundle_from_weights`
+    the detector scores plain reconstruction MSE. The checks are :func:`iotad.core.bundle.bundle_from_weights`
     (shared with the aggregator's torch-free checkpoints)."""
     return Detector.from_bundle(bundle_from_weights(
         weights, scaler, threshold, hidden=hidden, dropout=dropout, quantile=quantile, round=round,

@@ -25,8 +25,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from iotad import telemetry
 from iotad.deploy.processes import ManagedProcess, ProcessRegistry, supernode_argv
+from iotad.telemetry.exporter import MULTIPROC_ENV, prepare_multiproc_dir
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ class DeviceLauncher:
 
     def env(self) -> dict[str, str]:
         return {
-            telemetry.MULTIPROC_ENV: str(self.dirs["metrics"]),
+            MULTIPROC_ENV: str(self.dirs["metrics"]),
             "IOTAD_DEVICE": self.opts.device_name,
             "IOTAD_MODEL_DIR": str(self.dirs["model"]),
             "IOTAD_CACHE_DIR": str(self.dirs["cache"]),
@@ -107,7 +107,7 @@ class DeviceLauncher:
     def start(self) -> None:
         for d in self.dirs.values():
             d.mkdir(parents=True, exist_ok=True)
-        telemetry.prepare_multiproc_dir(self.dirs["metrics"], wipe=True)  # no counters of a previous boot
+        prepare_multiproc_dir(self.dirs["metrics"], wipe=True)  # no counters of a previous boot
         self.registry.env.update(self.env())
         sn = self.registry.spawn("supernode", self.supernode_argv(), self._log_path("supernode"),
                                  env={"FLWR_HOME": str(self.dirs["flwr-home"])})

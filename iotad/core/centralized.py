@@ -16,15 +16,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from iotad.core.detector import Detector
+from iotad.core.evaluation import ClassHistograms, metrics_from_histograms
+from iotad.core.model import DEFAULT_MEMBERS
+from iotad.core.runs import data_kind, device_dirs, model_dir, write_run
+from iotad.core.train import TrainConfig
 from iotad.data.device import load_device_splits
 from iotad.data.loader import Traffic, load_traffic
 from iotad.data.schema import FEATURE_NAMES, N_FEATURES, NORMAL
 from iotad.data.splits import split_normal
-from iotad.detector import Detector
-from iotad.evaluation import ClassHistograms, metrics_from_histograms
-from iotad.model import DEFAULT_MEMBERS
-from iotad.runs import data_kind, device_dirs, model_dir, write_run
-from iotad.train import TrainConfig
 
 
 def class_histograms(detector: Detector, traffic: Traffic) -> ClassHistograms:

@@ -17,7 +17,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from iotad.evaluation import ClassHistograms
+from iotad.core.evaluation import ClassHistograms
 
 METRIC_KEYS = (
     "precision", "recall", "f1", "accuracy", "fpr", "roc_auc", "pr_auc", "threshold",

@@ -20,22 +20,22 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 import iotad
-from iotad.checkpoint import CheckpointStore, RoundRecord
-from iotad.strategy import FederatedTraining, FederationConfig
-from iotad.telemetry import AggregatorTelemetry
+from iotad.fl.checkpoint import CheckpointStore, RoundRecord
+from iotad.fl.strategy import FederatedTraining, FederationConfig
+from iotad.telemetry.federation import AggregatorTelemetry
 
 log = logging.getLogger(__name__)
 
 
 # argv: seed members out.npz. Published results depend on these bits (the centralised baseline seeds its
-# model the same way, iotad.centralized).
+# model the same way, iotad.core.centralized).
 _INIT_WEIGHTS = """
 import sys
 
 import numpy as np
 
 from iotad.data.schema import N_FEATURES
-from iotad.train import seeded_weights
+from iotad.core.train import seeded_weights
 
 seed, members, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 weights = seeded_weights(N_FEATURES, seed, members)
@@ -45,7 +45,7 @@ INIT_TIMEOUT = 600.0  # s; importing torch took 12.6 s on emulated arm64
 
 
 def initial_weights(seed: int, members: int) -> list[np.ndarray]:
-    """The initial global model: :func:`iotad.train.seeded_weights` (float32 ``state_dict`` arrays of a new
+    """The initial global model: :func:`iotad.core.train.seeded_weights` (float32 ``state_dict`` arrays of a new
     ``Autoencoder(N_FEATURES, members=members)`` after ``torch.manual_seed(seed)``).
 
     Computed by a child interpreter that exits right after, so torch's memory is returned instead of being held

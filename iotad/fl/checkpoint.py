@@ -25,10 +25,10 @@ from typing import Any
 
 import numpy as np
 
-from iotad.bundle import DEFAULT_DROPOUT, DEFAULT_HIDDEN, bundle_from_weights, read_bundle, save_bundle
+from iotad.core.bundle import DEFAULT_DROPOUT, DEFAULT_HIDDEN, bundle_from_weights, read_bundle, save_bundle
+from iotad.core.evaluation import ClassHistograms
+from iotad.core.preprocessing import ResidualScale, Scaler
 from iotad.data.schema import FEATURE_NAMES
-from iotad.evaluation import ClassHistograms
-from iotad.preprocessing import ResidualScale, Scaler
 
 
 @dataclass

@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from iotad.evaluation import roc_curve_from_histograms
-from iotad.runs import read_run
+from iotad.core.evaluation import roc_curve_from_histograms
+from iotad.core.runs import read_run
 
 SUMMARY_KEYS = (
     "precision", "recall", "f1", "accuracy", "fpr", "roc_auc", "pr_auc", "threshold", "n_normal", "n_attack",

@@ -1,7 +1,7 @@
 """Torch-free scoring with a model bundle: the device agent's detector.
 
-:class:`NumpyDetector` runs the forward pass of :class:`iotad.model.Autoencoder` with numpy (float32 GEMMs
-through numpy's BLAS) and scores exactly as :meth:`iotad.detector.Detector.decision_function`: scale, rebuild,
+:class:`NumpyDetector` runs the forward pass of :class:`iotad.core.model.Autoencoder` with numpy (float32 GEMMs
+through numpy's BLAS) and scores exactly as :meth:`iotad.core.detector.Detector.decision_function`: scale, rebuild,
 square the residual, weight it by the bundle's residual scale (or average it). The agent needs only this
 forward pass; importing torch for it would cost the always-on process a few hundred MB of memory.
 
@@ -18,18 +18,18 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from iotad.bundle import Bundle, BundleError, read_bundle, weights_mismatch
-from iotad.preprocessing import ResidualScale, Scaler
+from iotad.core.bundle import Bundle, BundleError, read_bundle, weights_mismatch
+from iotad.core.preprocessing import ResidualScale, Scaler
 
 log = logging.getLogger(__name__)
 
-#: Rows per forward pass (as ``iotad.train.SCORE_BATCH``): memory is ~batch * widest layer * 4 bytes.
+#: Rows per forward pass (as ``iotad.core.train.SCORE_BATCH``): memory is ~batch * widest layer * 4 bytes.
 SCORE_BATCH = 8192
 
 
 class Scorer(Protocol):
     """What the agent needs from a detector; :class:`NumpyDetector` and the torch
-    :class:`iotad.detector.Detector` both provide it."""
+    :class:`iotad.core.detector.Detector` both provide it."""
 
     threshold: float | None
     quantile: float
@@ -55,7 +55,7 @@ class NumpyDetector:
     Parameters
     ----------
     bundle : Bundle
-        A bundle read by :func:`iotad.bundle.read_bundle`.
+        A bundle read by :func:`iotad.core.bundle.read_bundle`.
 
     Raises
     ------
@@ -94,7 +94,7 @@ class NumpyDetector:
         n_features: int | None = None,
         retries: int = 5,
     ) -> NumpyDetector:
-        """Load a bundle (see :func:`iotad.bundle.read_bundle` for the checks and the retries).
+        """Load a bundle (see :func:`iotad.core.bundle.read_bundle` for the checks and the retries).
 
         Raises
         ------
@@ -110,7 +110,7 @@ class NumpyDetector:
 
         The mean over features of ``residual_j ** 2 / residual_scale.variance[j]``, or the plain
         reconstruction MSE for a bundle without a residual scale (as
-        :meth:`iotad.detector.Detector.decision_function`).
+        :meth:`iotad.core.detector.Detector.decision_function`).
         """
         shape = np.shape(features)
         if len(shape) != 2 or shape[1] != self.n_features:

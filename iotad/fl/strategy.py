@@ -24,11 +24,12 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, FedMedian, FedProx, FedTrimmedAvg, Krum
 
-from iotad.bundle import DEFAULT_MEMBERS
-from iotad.checkpoint import Checkpoint, CheckpointStore, RoundRecord
-from iotad.evaluation import ClassHistograms, metrics_from_histograms
-from iotad.preprocessing import FeatureStats, ResidualScale, Scaler
-from iotad.records import (
+from iotad.core.bundle import DEFAULT_MEMBERS
+from iotad.core.evaluation import ClassHistograms, metrics_from_histograms
+from iotad.core.preprocessing import FeatureStats, ResidualScale, Scaler
+from iotad.core.threshold import threshold_from_histogram
+from iotad.fl.checkpoint import Checkpoint, CheckpointStore, RoundRecord
+from iotad.fl.records import (
     config_float,
     confusion_from_metrics,
     histograms_from_metrics,
@@ -37,7 +38,6 @@ from iotad.records import (
     scaler_to_config,
     stats_from_metrics,
 )
-from iotad.threshold import threshold_from_histogram
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Detection metrics from confusion counts and per-class error histograms.
 
-Everything here works on aggregates (histograms on :data:`iotad.threshold.ERROR_BIN_EDGES`, confusion
+Everything here works on aggregates (histograms on :data:`iotad.core.threshold.ERROR_BIN_EDGES`, confusion
 counts), so the federation sums what devices send and calls the same functions as a centralised run.
 
 Conventions
@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from iotad.core.threshold import ERROR_BIN_EDGES, N_BINS, bin_index, edge_index, error_histogram
 from iotad.data.schema import NORMAL
-from iotad.threshold import ERROR_BIN_EDGES, N_BINS, bin_index, edge_index, error_histogram
 
 
 def _ratio(num: float, den: float) -> float | None:
@@ -186,7 +186,7 @@ def _tail_counts(h: np.ndarray) -> np.ndarray:
 
 def confusion_from_histograms(h: ClassHistograms, threshold: float) -> Confusion:
     """Confusion at ``threshold`` (exact when it is an inner bin edge, as thresholds from
-    :func:`iotad.threshold.threshold_from_histogram` are; otherwise bins from the first edge
+    :func:`iotad.core.threshold.threshold_from_histogram` are; otherwise bins from the first edge
     ``>= threshold`` upwards count as alarms)."""
     k = edge_index(threshold)
     normal, attack = h.normal(), h.attack()

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from iotad.model import Autoencoder
+from iotad.core.model import Autoencoder
 
 #: Batch used for scoring; memory is ~batch * widest layer * 4 bytes, a few MB.
 SCORE_BATCH = 8192
@@ -284,7 +284,7 @@ def _use_bf16(precision: str) -> bool:
 
 def residual(reconstruction: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """``reconstruction - x`` for a model that returns one reconstruction of ``x`` per ensemble member side by
-    side (width a multiple of ``x``'s, :class:`iotad.model.Autoencoder`)."""
+    side (width a multiple of ``x``'s, :class:`iotad.core.model.Autoencoder`)."""
     rows, n = x.shape
     k = reconstruction.shape[1] // n
     if k == 1:
@@ -319,7 +319,7 @@ def reconstruction_errors(
 
     Without ``feature_weights``: the mean squared error over the residual's columns (features times ensemble
     members). With them (one per column): ``sum_j feature_weights[j] * residual_j ** 2``, e.g.
-    :attr:`iotad.preprocessing.ResidualScale.weights`
+    :attr:`iotad.core.preprocessing.ResidualScale.weights`
     for a mean squared z-score.
     """
     xt = _as_tensor(x)
@@ -338,14 +338,14 @@ def reconstruction_errors(
 
 
 def _output_width(model: nn.Module, n_features: int) -> int:
-    """Residual width: an :class:`iotad.model.Autoencoder` says; any other module reconstructs once."""
+    """Residual width: an :class:`iotad.core.model.Autoencoder` says; any other module reconstructs once."""
     return int(getattr(model, "n_outputs", n_features))
 
 
 def residual_sumsq(model: nn.Module, x: np.ndarray, batch_size: int = SCORE_BATCH) -> np.ndarray:
     """Per-column sum over rows of the squared reconstruction residual (float64, shape (members * n_features,)).
 
-    The aggregate behind :class:`iotad.preprocessing.ResidualScale`: ``ResidualScale(len(x), sums)``.
+    The aggregate behind :class:`iotad.core.preprocessing.ResidualScale`: ``ResidualScale(len(x), sums)``.
     """
     xt = _as_tensor(x)
     total = torch.zeros(_output_width(model, xt.shape[1]), dtype=torch.float64)

@@ -10,10 +10,10 @@ Layout (a directory)::
 :func:`write_bundle` writes a temporary sibling directory and swaps it in with one rename (an atomic
 exchange on Linux when the bundle already exists), because a device agent may hot-reload the bundle while
 it is being rewritten. :func:`read_bundle` checks the weights' sha256 and retries when the bundle changed
-under it. The torch :class:`~iotad.detector.Detector` and the device agent's
-:class:`~iotad.inference.NumpyDetector` both go through these two functions. :func:`save_bundle` is the one
+under it. The torch :class:`~iotad.core.detector.Detector` and the device agent's
+:class:`~iotad.edge.inference.NumpyDetector` both go through these two functions. :func:`save_bundle` is the one
 place that assembles ``bundle.json``: the torch detector saves through it, and the aggregator's checkpoints
-(:mod:`iotad.checkpoint`) write the global weights through it with :func:`bundle_from_weights`, without torch.
+(:mod:`iotad.fl.checkpoint`) write the global weights through it with :func:`bundle_from_weights`, without torch.
 
 This module must not import torch, directly or indirectly (a test checks it in a fresh interpreter).
 """
@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from iotad.preprocessing import ResidualScale, Scaler
+from iotad.core.preprocessing import ResidualScale, Scaler
 
 BUNDLE_FORMAT = "iotad-bundle"
 BUNDLE_VERSION = 1
@@ -46,7 +46,7 @@ BUNDLE_JSON = "bundle.json"
 WEIGHTS_NPZ = "weights.npz"
 DEFAULT_QUANTILE = 0.99
 
-# The default model shape (iotad.model.Autoencoder).
+# The default model shape (iotad.core.model.Autoencoder).
 DEFAULT_HIDDEN: tuple[int, ...] = (128, 64, 32, 16)
 # Measured on synthetic traffic (docs/benchmarks.md, "Ensemble"): averaging 4 members' scores cut the spread
 # of F1 between training seeds to a third to a half, at ~3.7x the training and 2-4x the scoring compute.
@@ -77,7 +77,7 @@ class Bundle:
     feature_names : list of str or None
         Feature column names, when the bundle stores them.
     hidden, dropout, members
-        Autoencoder shape (:class:`iotad.model.Autoencoder`); ``members`` is 1 in bundles that predate
+        Autoencoder shape (:class:`iotad.core.model.Autoencoder`); ``members`` is 1 in bundles that predate
         ensembles.
     arrays : tuple of np.ndarray
         Model weights in ``state_dict`` order: (weight (out, in), bias (out,)) per linear layer, member by
@@ -203,7 +203,7 @@ def bundle_from_weights(
 
 
 def autoencoder_widths(n_features: int, hidden: Sequence[int]) -> list[int]:
-    """Layer widths of :class:`iotad.model.Autoencoder`, input to output: n, hidden..., mirrored hidden, n."""
+    """Layer widths of :class:`iotad.core.model.Autoencoder`, input to output: n, hidden..., mirrored hidden, n."""
     return [n_features, *hidden, *reversed(hidden[:-1]), n_features]
 
 
@@ -216,7 +216,7 @@ def expected_shapes(n_features: int, hidden: Sequence[int]) -> list[tuple[int, .
 
 
 def weights_mismatch(weights: Sequence[Any], n_features: int, hidden: Sequence[int], members: int) -> str | None:
-    """Why ``weights`` are not the ``state_dict`` arrays of that :class:`iotad.model.Autoencoder`; None if they are."""
+    """Why ``weights`` are not the ``state_dict`` of that :class:`~iotad.core.model.Autoencoder`; None if they are."""
     want = expected_shapes(n_features, hidden) * members
     got = [tuple(np.shape(w)) for w in weights]
     if got == want:
@@ -228,7 +228,7 @@ def weights_mismatch(weights: Sequence[Any], n_features: int, hidden: Sequence[i
 
 
 def model_members(weights: Sequence[Any], n_features: int, hidden: Sequence[int]) -> int:
-    """Ensemble size of the :class:`iotad.model.Autoencoder` whose ``state_dict`` arrays are ``weights``.
+    """Ensemble size of the :class:`iotad.core.model.Autoencoder` whose ``state_dict`` arrays are ``weights``.
 
     Raises
     ------
@@ -246,7 +246,7 @@ def model_members(weights: Sequence[Any], n_features: int, hidden: Sequence[int]
 
 
 def state_dict_names(hidden: Sequence[int], dropout: float, members: int) -> list[str]:
-    """The ``state_dict`` keys of ``iotad.model.Autoencoder(n, hidden, dropout, members)``, without torch.
+    """The ``state_dict`` keys of ``iotad.core.model.Autoencoder(n, hidden, dropout, members)``, without torch.
 
     Each member (``nets.<m>``) is an ``encoder`` and a ``decoder`` ``nn.Sequential``: a Linear + activation
     per layer, and with ``dropout > 0`` a parameter-free dropout module after every hidden layer except the

@@ -1,4 +1,4 @@
-"""Flower ClientApp: thin handlers around :mod:`iotad.local_steps`.
+"""Flower ClientApp: thin handlers around :mod:`iotad.core.local_steps`.
 
 Each handler loads the device's cached splits, applies the global state it was
 sent, calls one pure local step and wraps the aggregates in a reply. Under the
@@ -16,10 +16,11 @@ from pathlib import Path
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from iotad import local_steps
+from iotad.core import local_steps
+from iotad.core.train import TrainConfig
 from iotad.data.device import load_device_splits
 from iotad.data.splits import Splits
-from iotad.records import (
+from iotad.fl.records import (
     config_float,
     config_int,
     confusion_to_metrics,
@@ -29,8 +30,7 @@ from iotad.records import (
     scaler_from_config,
     stats_to_metrics,
 )
-from iotad.telemetry import DeviceTelemetry
-from iotad.train import TrainConfig
+from iotad.telemetry.device import DeviceTelemetry
 
 app = ClientApp()
 

@@ -13,14 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
-from iotad.data.schema import FEATURE_NAMES, NORMAL
-from iotad.data.splits import Splits
-from iotad.detector import detector_from_weights
-from iotad.evaluation import ClassHistograms, Confusion, confusion_from_errors
-from iotad.model import Autoencoder
-from iotad.preprocessing import FeatureStats, ResidualScale, Scaler
-from iotad.threshold import error_histogram
-from iotad.train import (
+from iotad.core.detector import detector_from_weights
+from iotad.core.evaluation import ClassHistograms, Confusion, confusion_from_errors
+from iotad.core.model import Autoencoder
+from iotad.core.preprocessing import FeatureStats, ResidualScale, Scaler
+from iotad.core.threshold import error_histogram
+from iotad.core.train import (
     TrainConfig,
     TrainResult,
     get_weights,
@@ -29,6 +27,8 @@ from iotad.train import (
     set_weights,
     train_autoencoder,
 )
+from iotad.data.schema import FEATURE_NAMES, NORMAL
+from iotad.data.splits import Splits
 
 
 def feature_stats(splits: Splits) -> FeatureStats:

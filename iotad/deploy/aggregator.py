@@ -28,9 +28,21 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from iotad import telemetry
 from iotad.deploy.federation import PROJECT_ROOT, LocalFederation, sigterm_as_keyboard_interrupt
 from iotad.deploy.processes import HOST, DeployError, RunResult, free_port
+from iotad.telemetry.exporter import (
+    MULTIPROC_ENV,
+    MetricsServer,
+    configure_multiprocess,
+    prepare_multiproc_dir,
+    serve_metrics,
+)
+from iotad.telemetry.federation import (
+    RESUME_LAUNCHER_RESTART,
+    RESUME_RUN_FAILED,
+    RESUME_SUPERLINK_RESTART,
+    AggregatorTelemetry,
+)
 
 log = logging.getLogger(__name__)
 
@@ -118,28 +130,28 @@ class Aggregator:
         self.max_attempts = max_attempts
         self.status_path = status_path or fed.workdir / "aggregator-status.json"
         self.status = AggregatorStatus(rounds=self.rounds)
-        self.server: telemetry.MetricsServer | None = None
-        self.telemetry: telemetry.AggregatorTelemetry | None = None
+        self.server: MetricsServer | None = None
+        self.telemetry: AggregatorTelemetry | None = None
         fed.min_online = self.min_nodes
         # Every child (SuperLink -> superexec -> flwr-serverapp) inherits the directory.
-        fed.registry.env[telemetry.MULTIPROC_ENV] = str(self.multiproc_dir)
+        fed.registry.env[MULTIPROC_ENV] = str(self.multiproc_dir)
 
     # --- lifecycle --------------------------------------------------------------------------------
 
-    def start_metrics(self) -> telemetry.MetricsServer:
+    def start_metrics(self) -> MetricsServer:
         """Wipe the multiprocess directory, switch this process to it, serve ``/metrics``."""
-        telemetry.prepare_multiproc_dir(self.multiproc_dir, wipe=True)
-        telemetry.configure_multiprocess(self.multiproc_dir)
-        self.server = telemetry.serve_metrics(self.metrics_port, self.metrics_host)
+        prepare_multiproc_dir(self.multiproc_dir, wipe=True)
+        configure_multiprocess(self.multiproc_dir)
+        self.server = serve_metrics(self.metrics_port, self.metrics_host)
         self.status.metrics_url = self.server.url
-        self.telemetry = telemetry.AggregatorTelemetry()
+        self.telemetry = AggregatorTelemetry()
         self._republish_history()
         return self.server
 
     def _republish_history(self) -> None:
         """After a reboot the directory is empty: publish the checkpointed rounds once, so counters
         count every completed round and gauges show the last one."""
-        from iotad.checkpoint import CheckpointStore
+        from iotad.fl.checkpoint import CheckpointStore
 
         assert self.telemetry is not None
         history = CheckpointStore(self.checkpoint_dir).history()
@@ -207,9 +219,9 @@ class Aggregator:
         if done >= self.rounds or (previous is not None and previous.succeeded):
             return None
         if previous is None:
-            reason = telemetry.RESUME_LAUNCHER_RESTART if done > 0 else None
+            reason = RESUME_LAUNCHER_RESTART if done > 0 else None
         else:
-            reason = telemetry.RESUME_RUN_FAILED if self._superlink_alive() else telemetry.RESUME_SUPERLINK_RESTART
+            reason = RESUME_RUN_FAILED if self._superlink_alive() else RESUME_SUPERLINK_RESTART
             log.warning("run %s ended %s (%s); resubmitting from round %d", previous.run_id, previous.status,
                         previous.details, done)
         self.telemetry.run_started(planned_rounds=self.rounds, resumed_reason=reason)
@@ -397,7 +409,7 @@ def run_local_stack(
 
     def device_env(k: int, name: str) -> dict[str, str]:
         return {
-            telemetry.MULTIPROC_ENV: str(dev_dir(name) / "metrics"),
+            MULTIPROC_ENV: str(dev_dir(name) / "metrics"),
             "IOTAD_DEVICE": name,
             "IOTAD_MODEL_DIR": str(dev_dir(name) / "model"),
             "IOTAD_CACHE_DIR": str(dev_dir(name) / "cache"),
@@ -415,7 +427,7 @@ def run_local_stack(
             agg.start()
             device_ports: dict[str, int] = {}
             for name in names:
-                telemetry.prepare_multiproc_dir(dev_dir(name) / "metrics", wipe=True)
+                prepare_multiproc_dir(dev_dir(name) / "metrics", wipe=True)
                 fed.start_device(name)
                 port = free_port()
                 argv = [

@@ -1,0 +1,1 @@
+"""What runs on a device between rounds: the agent and torch-free inference (never imports torch or flwr)."""

@@ -1,0 +1,1 @@
+"""Streaming window statistics of traffic, between data and core."""
