@@ -71,14 +71,15 @@ def _loader(scorer: str) -> Any:
         from iotad.core.detector import Detector
 
         return partial(Detector.load, feature_names=FEATURE_NAMES)
-    from iotad.edge.agent import load_numpy_detector
+    from iotad.edge.reload import load_numpy_detector
 
     return load_numpy_detector
 
 
 def measure_batches(csv: Path, model_dir: Path, scorer: str, bs: int, rows: int) -> dict[str, Any]:
     """Score ``rows`` flows through :meth:`Agent.process` in blocks of ``bs``."""
-    from iotad.edge.agent import Agent, ReplaySource, encode_block
+    from iotad.edge.agent import Agent, encode_block
+    from iotad.edge.sources import ReplaySource
     from iotad.telemetry import device as tdev
 
     source = ReplaySource(csv, rate=0)

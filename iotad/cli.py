@@ -81,7 +81,7 @@ def _compare(a: argparse.Namespace) -> None:
 
 
 def _local_federation(a: argparse.Namespace) -> None:
-    from iotad.deploy.federation import run_local_federation
+    from iotad.deploy.local_stack import run_local_federation
 
     run_local_federation(
         a.workdir, devices=a.devices, rounds=a.rounds, rows_per_device=a.rows_per_device,
@@ -91,7 +91,7 @@ def _local_federation(a: argparse.Namespace) -> None:
 
 
 def _agent(a: argparse.Namespace) -> None:
-    from iotad.edge.agent import AgentOptions, run_agent
+    from iotad.edge.run import AgentOptions, run_agent
 
     if not a.device:
         raise UsageError("--device (or $IOTAD_DEVICE) is required")

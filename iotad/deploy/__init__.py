@@ -4,20 +4,18 @@ No ML here; the apps are ``iotad.fl.server_app`` / ``iotad.fl.client_app``.
 """
 
 from iotad.deploy.certs import CertError, CertPaths, generate_certs
-from iotad.deploy.federation import LocalFederation, run_local_federation
-from iotad.deploy.processes import (
+from iotad.deploy.federation import LocalFederation
+from iotad.deploy.local_stack import run_local_federation
+from iotad.deploy.processes import DeployError, ManagedProcess, ProcessRegistry, free_port
+from iotad.deploy.runs import (
     STATUS_COMPLETED,
     STATUS_FAILED,
     STATUS_LOST,
     STATUS_REJECTED,
     STATUS_STOPPED,
     STATUS_TIMEOUT,
-    DeployError,
-    ManagedProcess,
-    ProcessRegistry,
     RunHandle,
     RunResult,
-    free_port,
 )
 
 __all__ = [

@@ -25,7 +25,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from iotad.deploy.processes import ManagedProcess, ProcessRegistry, supernode_argv
+from iotad.deploy.flower import supernode_argv
+from iotad.deploy.processes import ManagedProcess, ProcessRegistry
 from iotad.telemetry.exporter import MULTIPROC_ENV, prepare_multiproc_dir
 
 log = logging.getLogger(__name__)

@@ -10,72 +10,32 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from iotad.deploy.certs import CertPaths, generate_certs
+from iotad.deploy.fleet import Device, DeviceFleet, NodeConfig, Timings
+from iotad.deploy.flower import (
+    _orphaned_superexec,
+    superlink_argv,
+    write_flwr_config,
+)
 from iotad.deploy.processes import (
     HOST,
     DeployError,
     ManagedProcess,
     ProcessRegistry,
-    RunHandle,
-    RunResult,
     free_port,
-    list_nodes,
-    register_node,
-    submit_run,
-    superlink_argv,
-    supernode_argv,
     tagged_pids,
     wait_for_port,
-    write_flwr_config,
 )
+from iotad.deploy.runs import RunHandle, RunResult, submit_run
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-NodeConfig = Mapping[str, Any]
 
 
-def _orphaned_superexec(argv: list[bytes]) -> bool:
-    """A ``flower-superexec`` whose ``--parent-pid`` process no longer exists."""
-    if not any(a.endswith(b"flower-superexec") for a in argv[:2]) or b"--parent-pid" not in argv:
-        return False
-    try:
-        parent = int(argv[argv.index(b"--parent-pid") + 1])
-    except (IndexError, ValueError):
-        return False
-    return not Path(f"/proc/{parent}").exists()
-
-
-@dataclass
-class Device:
-    """One simulated edge device: its key pair, node id, SuperNode process and local Runtime port."""
-
-    name: str
-    index: int
-    node_config: dict[str, Any]
-    env: dict[str, str]
-    node_id: int | None = None
-    port: int | None = None
-    proc: ManagedProcess | None = None
-    flwr_home: Path | None = None
-    expect_refusal: bool = False  # unregistered, or started with overrides meant to be refused (tests)
-
-
-@dataclass
-class Timings:
-    """Seconds measured by the launcher (for logs and benchmarks, never asserted)."""
-
-    superlink_ready: float | None = None
-    register: float | None = None
-    devices_online: float | None = None
-    superlink_restart: list[float] = field(default_factory=list)
-
-
-class LocalFederation:
+class LocalFederation(DeviceFleet):
     """SuperLink + N SuperNodes as local processes, TLS and SuperNode authentication on.
 
     Parameters
@@ -177,12 +137,6 @@ class LocalFederation:
     # --- addresses ------------------------------------------------------------------------------
 
     @property
-    def fleet_address(self) -> str:
-        if self.fleet_port is None:
-            raise DeployError("SuperLink not started")
-        return f"{HOST}:{self.fleet_port}"
-
-    @property
     def control_address(self) -> str:
         if self.control_port is None:
             raise DeployError("SuperLink not started")
@@ -218,12 +172,6 @@ class LocalFederation:
                 raise DeployError(f"TLS material missing: {', '.join(map(str, missing))}")
             return self.certs
         return generate_certs(self.certs.root, devices=list(self.devices), dns_names=self.dns_names)
-
-    def public_key(self, name: str) -> Path:
-        """The OpenSSH public key of device ``name`` (what ``flwr supernode register`` reads)."""
-        if self.keys_dir is not None:
-            return self.keys_dir / name / "node_key.pub"
-        return self.certs.device_public_key(name)
 
     def start_superlink(self) -> ManagedProcess:
         """Start (or restart, same ports and ``--database``) the SuperLink and wait for both APIs."""
@@ -286,108 +234,6 @@ class LocalFederation:
         if self.superlink is None:
             return None
         return self.superlink.stop(timeout, sig=sig)
-
-    def register_devices(self, names: Sequence[str] | None = None) -> dict[str, int]:
-        """``flwr supernode register`` each device's public key; returns name -> node id."""
-        t0 = time.monotonic()
-        ids = {}
-        for name in names if names is not None else list(self.devices):
-            dev = self.devices[name]
-            try:
-                dev.node_id = register_node(self.flwr_home, self.connection, self.public_key(name), name)
-            except DeployError as exc:
-                # Registrations survive in --database: a restarted aggregator sees its devices again.
-                if "already in use" not in str(exc):
-                    raise
-                dev.node_id = -1  # registered earlier; the id is in the database
-                continue
-            ids[name] = dev.node_id
-        self.timings.register = time.monotonic() - t0
-        return ids
-
-    def start_device(
-        self,
-        name: str,
-        *,
-        private_key: Path | None = None,
-        root_certificates: Path | None = None,
-        insecure: bool = False,
-        auth: bool = True,
-        max_retries: int | None = None,
-        max_wait_time: float | None = None,
-        superlink: str | None = None,
-    ) -> ManagedProcess:
-        """Start the SuperNode of ``name`` (must be a device of this federation, registered or not).
-
-        The keyword arguments override the defaults (its own key, the federation CA, TLS); tests use
-        them to start devices that must be refused (``auth=False``: no ``--auth-supernode-private-key``).
-        """
-        dev = self.devices[name]
-        dev.expect_refusal = bool(
-            dev.node_id is None or private_key or root_certificates or insecure or not auth or superlink
-        )
-        dev.port = free_port()
-        dev.flwr_home = self.workdir / "devices" / name / "flwr-home"
-        argv = supernode_argv(
-            superlink=superlink or self.fleet_address,
-            root_certificates=root_certificates or self.certs.ca_cert,
-            private_key=(private_key or self.certs.device_private_key(name)) if auth else None,
-            port=dev.port,
-            node_config=dev.node_config,
-            insecure=insecure,
-            max_retries=max_retries if max_retries is not None else self.max_retries,
-            max_wait_time=max_wait_time,
-        )
-        env = {"FLWR_HOME": str(dev.flwr_home), "IOTAD_DEVICE": name, **dev.env}
-        dev.proc = self.registry.spawn(f"supernode:{name}", argv, self.logs / f"supernode-{name}.log", env=env)
-        return dev.proc
-
-    def add_device(
-        self, name: str, node_config: NodeConfig | None = None, env: Mapping[str, str] | None = None
-    ) -> Device:
-        """Declare one more device (keys: ``prepare_certs``; registration: ``register_devices``)."""
-        if name in self.devices:
-            raise ValueError(f"device {name} exists")
-        cfg = {
-            "partition-id": len(self.devices),
-            "num-partitions": len(self.devices) + 1,
-            **(node_config or {}),
-        }
-        self.devices[name] = Device(name=name, index=len(self.devices), node_config=cfg, env=dict(env or {}))
-        return self.devices[name]
-
-    def nodes(self) -> list[dict[str, Any]]:
-        """``flwr supernode list`` as dicts (``node-id``, ``status``, ...)."""
-        return list_nodes(self.flwr_home, self.connection)
-
-    def wait_online(
-        self, n: int | None = None, timeout: float | None = None, poll: float = 2.0
-    ) -> list[dict[str, Any]]:
-        """Wait until ``n`` nodes (default: all devices) are online; raises DeployError on timeout or when a
-        SuperNode we started to join exits.
-
-        Each ``flwr`` call costs about a second of CPU, so the SuperNode logs ("SuperNode ID: ...",
-        printed once the SuperLink accepted the node) are watched first and ``flwr supernode list``
-        confirms.
-        """
-        n = len(self.devices) if n is None else n
-        deadline = time.monotonic() + (self.join_timeout if timeout is None else timeout)
-        joining = [d for d in self.devices.values() if d.proc is not None and not d.expect_refusal]
-        online: list[dict[str, Any]] = []
-        while time.monotonic() < deadline:
-            for dev in joining:
-                if dev.proc is not None and not dev.proc.alive():
-                    raise DeployError(f"SuperNode {dev.name} exited ({dev.proc.poll()}); see {dev.proc.log_path}")
-            joined = sum("SuperNode ID:" in d.proc.log_text() for d in joining if d.proc is not None)
-            if joined < min(n, len(joining)):
-                time.sleep(0.2)
-                continue
-            with contextlib.suppress(DeployError):
-                online = [x for x in self.nodes() if x.get("status") == "online"]
-                if len(online) >= n:
-                    return online
-            time.sleep(poll)
-        raise DeployError(f"{len(online)}/{n} SuperNodes online after the timeout; see {self.logs}")
 
     def submit(self, run_config: Mapping[str, Any] | None = None, rounds: int | None = None) -> RunHandle:
         """``flwr run <app_dir> <connection> --stream`` with the federation's run-config plus overrides."""
@@ -460,36 +306,3 @@ class LocalFederation:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-@contextlib.contextmanager
-def sigterm_as_keyboard_interrupt() -> Iterator[None]:
-    """Turn SIGTERM into KeyboardInterrupt, so ``with LocalFederation(...)`` cleans up on both."""
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def run_local_federation(
-    workdir: Path | str,
-    devices: int = 3,
-    *,
-    rounds: int = 3,
-    rows_per_device: int = 4000,
-    **kwargs: Any,
-) -> list[RunResult]:
-    """``iotad local-federation``: data, certificates, SuperLink, SuperNodes, device agents and the
-    aggregator exporter on 127.0.0.1, R rounds, everything stopped on exit, Ctrl-C or SIGTERM.
-
-    The stack itself is :func:`iotad.deploy.aggregator.run_local_stack` (the launcher owns the telemetry);
-    see it for the keyword arguments.
-    """
-    from iotad.deploy.aggregator import run_local_stack
-
-    return run_local_stack(workdir, devices, rounds=rounds, rows_per_device=rows_per_device, **kwargs)

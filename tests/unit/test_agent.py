@@ -24,8 +24,11 @@ from iotad.core.train import get_weights
 from iotad.data.loader import load_traffic
 from iotad.data.schema import FEATURE_NAMES, RAW_COLUMNS
 from iotad.data.synthetic import write_synthetic
-from iotad.edge.agent import Agent, BundleWatcher, RawBlock, ReplaySource, TailSource, encode_block
+from iotad.edge.agent import Agent, encode_block
 from iotad.edge.inference import NumpyDetector
+from iotad.edge.reload import BundleWatcher
+from iotad.edge.sources import RawBlock, ReplaySource
+from iotad.edge.tail import TailSource
 from iotad.telemetry import device as tdev
 from iotad.telemetry import exporter as texp
 

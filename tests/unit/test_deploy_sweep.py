@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from iotad.deploy.federation import _orphaned_superexec
+from iotad.deploy.flower import _orphaned_superexec
 
 
 def _gone_pid() -> int:

@@ -1,0 +1,135 @@
+"""The tail source: follow a CSV another process appends to (rotation and truncation included)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import IO
+
+from iotad.data.encoding import SchemaError
+from iotad.data.loader import check_header
+from iotad.edge.sources import RawBlock, data_lines, parse_header
+
+log = logging.getLogger(__name__)
+
+
+class TailSource:
+    """Follows a CSV that another process appends to, like ``tail -F``.
+
+    The first line of the file is its header. Starts at the end of the file (``from_start=False``) or
+    at its first data row. Survives rotation (the path names a new file: the old one is drained first)
+    and truncation (the file shrank: read again from its header). A partial last line stays buffered
+    until its newline arrives; lines equal to the header (concatenated CSVs) are skipped.
+    """
+
+    CHUNK = 1 << 16
+
+    def __init__(self, path: Path | str, *, from_start: bool = False) -> None:
+        self.path = Path(path)
+        self.from_start = from_start
+        self._fh: IO[bytes] | None = None
+        self._ino: int | None = None
+        self._opened_once = False
+        self.header: list[str] = []
+        self._header_line = b""
+        self._buf = b""
+        self._lines: list[bytes] = []
+        self.rotations = 0
+        self.truncations = 0
+        self.bad_headers = 0
+        self._bad_header_sig: tuple[int, int] | None = None
+
+    def _open(self) -> bool:
+        try:
+            fh = open(self.path, "rb")  # noqa: SIM115 (kept open across calls)
+        except OSError:
+            return False
+        st = os.fstat(fh.fileno())
+        if not self._read_header(fh, (st.st_ino, st.st_size)):
+            fh.close()
+            return False
+        if not self._opened_once and not self.from_start:
+            fh.seek(0, os.SEEK_END)
+        self._fh, self._ino, self._opened_once = fh, st.st_ino, True
+        self._buf = b""
+        return True
+
+    def _read_header(self, fh: IO[bytes], sig: tuple[int, int]) -> bool:
+        fh.seek(0)
+        line = fh.readline(1 << 20)
+        if not line.endswith(b"\n"):
+            return False  # empty, or the header is still being written
+        header = parse_header(line)
+        try:
+            check_header(self.path, header, labelled=False)
+        except SchemaError as exc:
+            if sig != self._bad_header_sig:
+                self.bad_headers += 1
+                self._bad_header_sig = sig
+                log.error("%s: not scoring this file: %s", self.path, exc)
+            return False
+        self.header, self._header_line = header, line.rstrip(b"\r\n")
+        return True
+
+    def _switch_if_replaced(self) -> bool:
+        """Called when the open file has no more data: follow a rotation or a truncation.
+
+        Returns True when there is a (new or rewound) file to read on from."""
+        assert self._fh is not None
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return False  # rotated away, successor not there yet: keep waiting
+        if st.st_ino != self._ino:
+            self._flush_partial()
+            self._fh.close()
+            self._fh = None
+            self.rotations += 1
+            return self._open()
+        if st.st_size < self._fh.tell():
+            self._buf = b""  # a partial line of the old content is gone with it
+            self.truncations += 1
+            if not self._read_header(self._fh, (st.st_ino, st.st_size)):
+                self._fh.close()
+                self._fh = None
+                return False
+            return True
+        return False
+
+    def _flush_partial(self) -> None:
+        # The old file will not grow any more: its unterminated last line is a (probably cut) row.
+        if self._buf.strip(b"\r\n"):
+            self._lines.append(self._buf + b"\n")
+        self._buf = b""
+
+    def _fill(self, want: int) -> None:
+        while len(self._lines) < want and self._fh is not None:
+            data = self._fh.read(self.CHUNK)
+            if not data:
+                if not self._switch_if_replaced():
+                    return
+                continue
+            self._buf += data
+            cut = self._buf.rfind(b"\n")
+            if cut < 0:
+                continue
+            complete, self._buf = self._buf[: cut + 1], self._buf[cut + 1 :]
+            for ln in data_lines(complete):
+                if ln.rstrip(b"\r\n") != self._header_line:
+                    self._lines.append(ln)
+
+    def read(self, max_rows: int) -> RawBlock | None:
+        if self._fh is None and not self._open():
+            return None
+        if self._fh is not None:
+            self._fill(max_rows)
+        if not self._lines:
+            return None
+        take, self._lines = self._lines[:max_rows], self._lines[max_rows:]
+        return RawBlock(b"".join(take), list(self.header))
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
