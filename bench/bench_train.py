@@ -42,8 +42,9 @@ from torch.utils.data import DataLoader, Dataset
 from iotad.core.evaluation import ClassHistograms, metrics_from_histograms
 from iotad.core.model import Autoencoder, FastDropout, MirrorAutoencoder
 from iotad.core.preprocessing import FeatureStats, ResidualScale, Scaler
+from iotad.core.scoring import reconstruction_errors, residual_sumsq
 from iotad.core.threshold import error_histogram, threshold_from_histogram
-from iotad.core.train import TrainConfig, reconstruction_errors, residual_sumsq, train_autoencoder
+from iotad.core.train import TrainConfig, train_autoencoder
 
 RESULTS = Path(__file__).resolve().parent / "results" / "train.json"
 QUANTILE = 0.99

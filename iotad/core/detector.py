@@ -29,21 +29,14 @@ from iotad.core.bundle import (
     Bundle,
     BundleError,
     bundle_from_weights,
-    read_bundle,
     save_bundle,
 )
+from iotad.core.bundle_read import read_bundle
 from iotad.core.model import DEFAULT_DROPOUT, DEFAULT_HIDDEN, DEFAULT_MEMBERS, Autoencoder
 from iotad.core.preprocessing import FeatureStats, ResidualScale, Scaler
+from iotad.core.scoring import reconstruction_errors, residual_sumsq
 from iotad.core.threshold import error_histogram, threshold_from_histogram
-from iotad.core.train import (
-    TrainConfig,
-    TrainResult,
-    get_weights,
-    reconstruction_errors,
-    residual_sumsq,
-    set_weights,
-    train_autoencoder,
-)
+from iotad.core.train import TrainConfig, TrainResult, get_weights, set_weights, train_autoencoder
 
 __all__ = [
     "BUNDLE_FORMAT",
@@ -178,7 +171,7 @@ class Detector:
     ) -> Detector:
         """Load a bundle; ``feature_names`` / ``n_features`` (when given) must match the bundle's.
 
-        Reading and validation are :func:`iotad.core.bundle.read_bundle` (shared with the torch-free
+        Reading and validation are :func:`iotad.core.bundle_read.read_bundle` (shared with the torch-free
         :class:`iotad.edge.inference.NumpyDetector`); this adds the torch model.
 
         Raises
@@ -192,7 +185,7 @@ class Detector:
 
     @classmethod
     def from_bundle(cls, bundle: Bundle) -> Detector:
-        """Build the torch detector of a bundle (read by :func:`iotad.core.bundle.read_bundle`, or assembled by
+        """Build the torch detector of a bundle (read by :func:`iotad.core.bundle_read.read_bundle`, or assembled by
         :func:`iotad.core.bundle.bundle_from_weights`)."""
         det = cls(bundle.n_features, hidden=bundle.hidden, dropout=bundle.dropout, members=bundle.members,
                   feature_names=bundle.feature_names)

@@ -17,16 +17,9 @@ from iotad.core.detector import detector_from_weights
 from iotad.core.evaluation import ClassHistograms, Confusion, confusion_from_errors
 from iotad.core.model import Autoencoder
 from iotad.core.preprocessing import FeatureStats, ResidualScale, Scaler
+from iotad.core.scoring import reconstruction_errors, residual_sumsq
 from iotad.core.threshold import error_histogram
-from iotad.core.train import (
-    TrainConfig,
-    TrainResult,
-    get_weights,
-    reconstruction_errors,
-    residual_sumsq,
-    set_weights,
-    train_autoencoder,
-)
+from iotad.core.train import TrainConfig, TrainResult, get_weights, set_weights, train_autoencoder
 from iotad.data.schema import FEATURE_NAMES, NORMAL
 from iotad.data.splits import Splits
 

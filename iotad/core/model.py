@@ -9,8 +9,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from iotad.core.bundle import model_members
+
 # The default shape lives in the torch-free bundle module (the aggregator writes bundles without torch).
-from iotad.core.bundle import DEFAULT_DROPOUT, DEFAULT_HIDDEN, DEFAULT_MEMBERS, model_members
+from iotad.core.shapes import DEFAULT_DROPOUT, DEFAULT_HIDDEN, DEFAULT_MEMBERS
 
 
 class FastDropout(nn.Module):
@@ -99,7 +101,7 @@ class Autoencoder(nn.Module):
     """``members`` independently initialised :class:`MirrorAutoencoder` s that all reconstruct the input.
 
     ``forward`` returns the members' reconstructions side by side, shape (rows, members * n_features); the
-    residual subtracts the input from each (:func:`iotad.core.train.residual`), so the residual statistics and
+    residual subtracts the input from each (:func:`iotad.core.scoring.residual`), so the residual statistics and
     the anomaly score (the mean over all of them, :class:`iotad.core.preprocessing.ResidualScale`) are the
     average of the members' scores. Training minimises the members' mean loss; they share no parameters,
     so each learns as if alone (Adam is per parameter). Averaging them cancels what one member happens to

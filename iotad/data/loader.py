@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import csv
 import gzip
-import io
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -24,8 +23,8 @@ from typing import IO, cast
 
 import numpy as np
 import numpy.typing as npt
-import pandas as pd
 
+from iotad.data.csvlines import line_blocks, parse_lines, split_block
 from iotad.data.encoding import (
     COLUMN_COUNT,
     DUPLICATE,
@@ -130,86 +129,6 @@ def check_header(path: PathLike, header: Sequence[str], *, labelled: bool) -> No
         )
 
 
-def _line_blocks(f: IO[bytes], chunk_rows: int) -> Iterator[bytes]:
-    """Blocks of at most ``chunk_rows`` whole lines, each ending with a newline."""
-    read_size = max(1 << 16, chunk_rows * 256)
-    pending = b""
-    newlines = 0
-    eof = False
-    while True:
-        while newlines < chunk_rows and not eof:
-            data = f.read(read_size)
-            if data:
-                pending += data
-                newlines += data.count(b"\n")
-            else:
-                eof = True
-        if newlines >= chunk_rows:
-            ends = np.flatnonzero(np.frombuffer(pending, dtype=np.uint8) == 10)
-            cut = int(ends[chunk_rows - 1]) + 1
-            read_size = max(1 << 16, cut)  # about one block per read from now on
-            block, pending = pending[:cut], pending[cut:]
-            newlines -= chunk_rows
-            yield block
-        else:
-            if pending:
-                yield pending if pending.endswith(b"\n") else pending + b"\n"
-            return
-
-
-def _count_between(positions: npt.NDArray[np.intp], starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
-    return np.searchsorted(positions, ends) - np.searchsorted(positions, starts)
-
-
-@dataclass
-class _Lines:
-    good: bytes  # the lines of the expected width, in order
-    n_good: int
-    good_rows: npt.NDArray[np.int64]  # their data-row numbers
-    rows: int  # data rows in the block (blank lines are not rows)
-    bad_width: int  # rows of the wrong width
-
-
-def _split_block(block: bytes, n_fields: int, first_row: int) -> _Lines:
-    """Check every line's field count on the raw bytes and keep the well-formed lines."""
-    raw = np.frombuffer(block, dtype=np.uint8)
-    ends = np.flatnonzero(raw == 10)  # each line ends with \n (guaranteed by _line_blocks)
-    starts = np.concatenate(([0], ends[:-1] + 1))
-    content_end = ends - (raw[np.maximum(ends - 1, 0)] == 13) * (ends > starts)  # drop a \r
-    blank = content_end <= starts
-    fields = _count_between(np.flatnonzero(raw == 44), starts, content_end) + 1
-    if b'"' in block:
-        quotes = _count_between(np.flatnonzero(raw == 34), starts, content_end)
-        # An odd count means a field spans lines or is malformed: the row is unusable.
-        fields[quotes % 2 == 1] = -1
-        for i in np.flatnonzero((quotes > 0) & (quotes % 2 == 0)):
-            line = block[starts[i] : content_end[i]].decode("utf-8", errors="replace")
-            fields[i] = len(next(csv.reader([line])))
-    good = (fields == n_fields) & ~blank
-    row_numbers = first_row + np.cumsum(~blank, dtype=np.int64) - 1
-    rows = int((~blank).sum())
-    n_good = int(good.sum())
-    kept = block if n_good == len(ends) else raw[np.repeat(good, ends - starts + 1)].tobytes()
-    return _Lines(kept, n_good, row_numbers[good], rows, rows - n_good)
-
-
-def _parse_lines(lines: _Lines, header: list[str], usecols: list[str]) -> pd.DataFrame:
-    """Well-formed lines -> frame of raw strings, one row per line."""
-    if lines.n_good == 0:
-        return pd.DataFrame({c: pd.Series([], dtype=str) for c in usecols})
-    frame = pd.read_csv(
-        io.BytesIO(lines.good), engine="c", header=None, names=header, usecols=usecols, dtype=str,
-        keep_default_na=False, na_filter=False, skip_blank_lines=False, encoding_errors="replace",
-    )
-    if len(frame) != lines.n_good:
-        # Quoting the byte-level check did not foresee (e.g. a lone \r in quotes): parse
-        # line by line so that rows stay aligned with their numbers.
-        text = lines.good.decode("utf-8", errors="replace").split("\n")[: lines.n_good]
-        records = [next(csv.reader([line.rstrip("\r")])) for line in text]
-        frame = pd.DataFrame(records, columns=header, dtype=str)[usecols]
-    return frame
-
-
 @dataclass
 class _Chunk:
     features: npt.NDArray[np.float32]
@@ -233,16 +152,16 @@ def _iter_chunks(paths: Paths, chunk_rows: int, labelled: bool) -> Iterator[_Chu
     for path, header in zip(files, headers, strict=True):
         with _open(path) as f:
             f.readline(1 << 20)
-            for block in _line_blocks(f, chunk_rows):
+            for block in line_blocks(f, chunk_rows):
                 chunk = _encode_block(block, header, next_row, labelled)
                 next_row += chunk.rows_read
                 yield chunk
 
 
 def _encode_block(block: bytes, header: list[str], first_row: int, labelled: bool) -> _Chunk:
-    lines = _split_block(block, len(header), first_row)
+    lines = split_block(block, len(header), first_row)
     usecols = [*NUMERIC_COLUMNS, *CATEGORICAL_COLUMNS, *((LABEL_COLUMN, TYPE_COLUMN) if labelled else ())]
-    encoded = encode_frame(_parse_lines(lines, header, usecols), labelled=labelled)
+    encoded = encode_frame(parse_lines(lines, header, usecols), labelled=labelled)
     rejected = _no_rejects()
     rejected["column_count"] = lines.bad_width
     counts = np.bincount(encoded.reason, minlength=len(REJECT_REASONS) + 1)

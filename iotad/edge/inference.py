@@ -18,12 +18,14 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from iotad.core.bundle import Bundle, BundleError, read_bundle, weights_mismatch
+from iotad.core.bundle import Bundle, BundleError
+from iotad.core.bundle_read import read_bundle
 from iotad.core.preprocessing import ResidualScale, Scaler
+from iotad.core.shapes import weights_mismatch
 
 log = logging.getLogger(__name__)
 
-#: Rows per forward pass (as ``iotad.core.train.SCORE_BATCH``): memory is ~batch * widest layer * 4 bytes.
+#: Rows per forward pass (as ``iotad.core.scoring.SCORE_BATCH``): memory is ~batch * widest layer * 4 bytes.
 SCORE_BATCH = 8192
 
 
@@ -55,7 +57,7 @@ class NumpyDetector:
     Parameters
     ----------
     bundle : Bundle
-        A bundle read by :func:`iotad.core.bundle.read_bundle`.
+        A bundle read by :func:`iotad.core.bundle_read.read_bundle`.
 
     Raises
     ------
@@ -94,7 +96,7 @@ class NumpyDetector:
         n_features: int | None = None,
         retries: int = 5,
     ) -> NumpyDetector:
-        """Load a bundle (see :func:`iotad.core.bundle.read_bundle` for the checks and the retries).
+        """Load a bundle (see :func:`iotad.core.bundle_read.read_bundle` for the checks and the retries).
 
         Raises
         ------

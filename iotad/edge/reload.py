@@ -26,7 +26,7 @@ class BundleWatcher:
     """Notices a new global bundle in ``model_dir`` (a ``stat`` of ``bundle.json`` per poll) and loads it.
 
     The ClientApp writes the bundle with an atomic directory swap, so the stat changes exactly when a
-    complete new bundle is in place; :func:`iotad.core.bundle.read_bundle` retries if it changes while being read.
+    complete new bundle is in place; :func:`iotad.core.bundle_read.read_bundle` retries if it changes while being read.
 
     Parameters
     ----------

@@ -25,9 +25,11 @@ from typing import Any
 
 import numpy as np
 
-from iotad.core.bundle import DEFAULT_DROPOUT, DEFAULT_HIDDEN, bundle_from_weights, read_bundle, save_bundle
+from iotad.core.bundle import bundle_from_weights, save_bundle
+from iotad.core.bundle_read import read_bundle
 from iotad.core.evaluation import ClassHistograms
 from iotad.core.preprocessing import ResidualScale, Scaler
+from iotad.core.shapes import DEFAULT_DROPOUT, DEFAULT_HIDDEN
 from iotad.data.schema import FEATURE_NAMES
 
 

@@ -15,8 +15,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from iotad.core.bundle import DEFAULT_MEMBERS
 from iotad.core.runs import data_kind, device_dirs, write_run
+from iotad.core.shapes import DEFAULT_MEMBERS
 from iotad.fl.checkpoint import CheckpointStore
 
 

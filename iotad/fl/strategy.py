@@ -24,9 +24,9 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, FedMedian, FedProx, FedTrimmedAvg, Krum
 
-from iotad.core.bundle import DEFAULT_MEMBERS
 from iotad.core.evaluation import ClassHistograms, metrics_from_histograms
 from iotad.core.preprocessing import FeatureStats, ResidualScale, Scaler
+from iotad.core.shapes import DEFAULT_MEMBERS
 from iotad.core.threshold import threshold_from_histogram
 from iotad.fl.checkpoint import Checkpoint, CheckpointStore, RoundRecord
 from iotad.fl.records import (

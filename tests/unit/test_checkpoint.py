@@ -10,10 +10,11 @@ import pytest
 import torch
 
 from iotad.core import model
-from iotad.core.bundle import BUNDLE_JSON, WEIGHTS_NPZ, BundleError, model_members, state_dict_names
+from iotad.core.bundle import BUNDLE_JSON, WEIGHTS_NPZ, BundleError, model_members
 from iotad.core.detector import Detector
 from iotad.core.evaluation import ClassHistograms
 from iotad.core.preprocessing import FeatureStats, ResidualScale, Scaler
+from iotad.core.shapes import state_dict_names
 from iotad.core.train import get_weights, set_weights
 from iotad.data.schema import FEATURE_NAMES, N_FEATURES
 from iotad.edge.inference import NumpyDetector

@@ -11,7 +11,8 @@ import pytest
 from iotad.core.detector import BUNDLE_JSON, WEIGHTS_NPZ, Detector, detector_from_weights
 from iotad.core.model import DEFAULT_MEMBERS
 from iotad.core.preprocessing import ResidualScale, Scaler
-from iotad.core.train import TrainConfig, get_weights, reconstruction_errors, residual_sumsq
+from iotad.core.scoring import reconstruction_errors, residual_sumsq
+from iotad.core.train import TrainConfig, get_weights
 
 N_FEATURES = 6
 NAMES = [f"f{i}" for i in range(N_FEATURES)]

@@ -12,8 +12,9 @@ from iotad.core import local_steps
 from iotad.core.evaluation import ClassHistograms, confusion_from_errors, confusion_from_histograms
 from iotad.core.model import Autoencoder
 from iotad.core.preprocessing import FeatureStats, Scaler
+from iotad.core.scoring import reconstruction_errors
 from iotad.core.threshold import error_histogram, threshold_from_histogram
-from iotad.core.train import get_weights, reconstruction_errors
+from iotad.core.train import get_weights
 from iotad.data.device import load_device_splits
 from iotad.data.schema import N_FEATURES, NORMAL
 from iotad.data.synthetic import write_synthetic
@@ -101,7 +102,8 @@ def test_device_splits_are_cached(tmp_path: Path) -> None:
 
 def test_merged_residual_scale_equals_centralised(device_splits: list, global_model: list[np.ndarray]) -> None:
     from iotad.core.preprocessing import ResidualScale
-    from iotad.core.train import residual_sumsq, set_weights
+    from iotad.core.scoring import residual_sumsq
+    from iotad.core.train import set_weights
 
     scaler = Scaler.from_stats(FeatureStats.merge_all([local_steps.feature_stats(s) for s in device_splits]))
     merged = ResidualScale.merge_all([local_steps.residual_stats(s, global_model, scaler) for s in device_splits])

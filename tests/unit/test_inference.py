@@ -18,10 +18,13 @@ import pytest
 
 from iotad.core import bundle as bundle_mod
 from iotad.core import detector as detector_mod
-from iotad.core.bundle import BUNDLE_JSON, WEIGHTS_NPZ, BundleError, expected_shapes, read_bundle
+from iotad.core.bundle import BUNDLE_JSON, WEIGHTS_NPZ, BundleError
+from iotad.core.bundle_read import read_bundle
 from iotad.core.detector import Detector, detector_from_weights
 from iotad.core.model import DEFAULT_HIDDEN, Autoencoder
-from iotad.core.train import SCORE_BATCH, TrainConfig, get_weights
+from iotad.core.scoring import SCORE_BATCH
+from iotad.core.shapes import expected_shapes
+from iotad.core.train import TrainConfig, get_weights
 from iotad.edge import inference
 from iotad.edge.inference import NumpyDetector, set_blas_threads
 

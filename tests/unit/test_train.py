@@ -10,13 +10,13 @@ import pytest
 import torch
 
 from iotad.core.model import Autoencoder
+from iotad.core.scoring import reconstruction_errors
 from iotad.core.train import (
     TrainConfig,
     bf16_supported,
     effective_batch_size,
     get_weights,
     lr_schedule,
-    reconstruction_errors,
     set_weights,
     train_autoencoder,
 )
