@@ -28,7 +28,7 @@ from iotad.telemetry import exporter as texp
 from iotad.telemetry import federation as tfed
 from iotad.telemetry import spec as tspec
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 MON = ROOT / "monitoring"
 CONFIG = MON / "prometheus.yml"
 RULES = MON / "rules" / "iotad.rules.yml"

@@ -51,7 +51,7 @@ def test_run_config_keys_and_strategies() -> None:
 def test_defaults_agree_across_pyproject_config_and_clis() -> None:
     """The app's run config, FederationConfig and the CLIs state some defaults separately (the ServerApp
     and the launchers stay torch-free); they must not drift apart."""
-    pyproject = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
+    pyproject = tomllib.loads((Path(__file__).parents[3] / "pyproject.toml").read_text())
     run_config = pyproject["tool"]["flwr"]["app"]["config"]
     assert FederationConfig.from_run_config(run_config) == FederationConfig()
     parser = build_parser()

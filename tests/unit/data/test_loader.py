@@ -18,7 +18,7 @@ from iotad.data.loader import SchemaError, Traffic, iter_traffic, load_traffic
 from iotad.data.schema import FEATURE_NAMES, LABEL_COLUMN, N_FEATURES, RAW_COLUMNS, REJECT_REASONS, TYPE_COLUMN
 from tests.conftest import REAL_MITM, REAL_NORMAL, respell
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 QUIRKS = FIXTURES / "edge_quirks.csv"
 
 
