@@ -17,7 +17,7 @@ agent processes them (scoring: ``decision_function`` + ``predict_scores`` on the
 
 Memory: two real agent processes, one after the other, replay ``--replay`` at ``--rate 0`` for
 ``--rss-seconds`` s each, then get SIGTERM; the peak RSS (VmHWM of /proc/<pid>/status) is read just before.
-"numpy" is the ``iotad agent`` command itself; "torch" is the same :func:`iotad.edge.agent.run_agent` with the
+"numpy" is the ``iotad agent`` command itself; "torch" is the same :func:`iotad.edge.run.run_agent` with the
 torch Detector as loader after ``import torch; torch.set_num_threads(1)``, as the agent did before.
 """
 
