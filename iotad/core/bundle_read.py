@@ -13,16 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from iotad.core.bundle import (
-    BUNDLE_FORMAT,
-    BUNDLE_JSON,
-    BUNDLE_VERSION,
-    DEFAULT_QUANTILE,
-    WEIGHTS_NPZ,
-    Bundle,
-    BundleChanged,
-    BundleError,
-)
+from iotad.core import bundle as fmt
+from iotad.core.bundle import Bundle, BundleChanged, BundleError
 from iotad.core.preprocessing import ResidualScale, Scaler
 from iotad.core.shapes import weights_mismatch
 
@@ -57,10 +49,10 @@ def read_bundle(
 
 def _read_once(d: Path, feature_names: Sequence[str] | None, n_features: int | None) -> Bundle:
     meta = _read_json(d)
-    if not isinstance(meta, dict) or meta.get("format") != BUNDLE_FORMAT:
+    if not isinstance(meta, dict) or meta.get("format") != fmt.BUNDLE_FORMAT:
         raise BundleError(f"{d}: not an iotad model bundle")
-    if int(meta.get("version", -1)) != BUNDLE_VERSION:
-        raise BundleError(f"{d}: bundle version {meta.get('version')}, this iotad reads {BUNDLE_VERSION}")
+    if int(meta.get("version", -1)) != fmt.BUNDLE_VERSION:
+        raise BundleError(f"{d}: bundle version {meta.get('version')}, this iotad reads {fmt.BUNDLE_VERSION}")
     try:
         n = int(meta["n_features"])
         names = meta.get("feature_names")
@@ -94,7 +86,7 @@ def _read_once(d: Path, feature_names: Sequence[str] | None, n_features: int | N
         scaler=scaler,
         residual_scale=residual_scale,
         threshold=None if thr is None else float(thr),
-        quantile=float(meta.get("quantile", DEFAULT_QUANTILE)),
+        quantile=float(meta.get("quantile", fmt.DEFAULT_QUANTILE)),
         round=int(meta.get("round", 0)),
         metadata=dict(meta.get("metadata") or {}),
     )
@@ -102,14 +94,14 @@ def _read_once(d: Path, feature_names: Sequence[str] | None, n_features: int | N
 
 def _read_json(d: Path) -> Any:
     try:
-        return json.loads((d / BUNDLE_JSON).read_text(encoding="utf-8"))
+        return json.loads((d / fmt.BUNDLE_JSON).read_text(encoding="utf-8"))
     except FileNotFoundError as e:
         # A temporary sibling means a rewrite is under way (fallback swap): worth a retry.
         if any(d.parent.glob(f".{d.name}.tmp-*")):
             raise BundleChanged("bundle.json missing during a rewrite") from e
-        raise BundleError(f"{d}: no model bundle ({BUNDLE_JSON} missing)") from e
+        raise BundleError(f"{d}: no model bundle ({fmt.BUNDLE_JSON} missing)") from e
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise BundleError(f"{d / BUNDLE_JSON}: not valid JSON ({e})") from e
+        raise BundleError(f"{d / fmt.BUNDLE_JSON}: not valid JSON ({e})") from e
 
 
 def _check_features(
@@ -132,8 +124,8 @@ def _check_features(
 
 def _read_weights_file(d: Path, wmeta: Any) -> bytes:
     if not isinstance(wmeta, dict):
-        raise BundleError(f"{d}: malformed weights entry in {BUNDLE_JSON}")
-    wpath = d / str(wmeta.get("file", WEIGHTS_NPZ))
+        raise BundleError(f"{d}: malformed weights entry in {fmt.BUNDLE_JSON}")
+    wpath = d / str(wmeta.get("file", fmt.WEIGHTS_NPZ))
     try:
         raw = wpath.read_bytes()
     except FileNotFoundError as e:
@@ -164,7 +156,7 @@ def _load_arrays(d: Path, raw: bytes) -> tuple[np.ndarray, ...]:
         with np.load(io.BytesIO(raw), allow_pickle=False) as npz:
             return tuple(npz[f"w{i:03d}"] for i in range(len(npz.files)))
     except (KeyError, ValueError, OSError, zipfile.BadZipFile) as e:
-        raise BundleError(f"{d}: unreadable {WEIGHTS_NPZ} ({e})") from e
+        raise BundleError(f"{d}: unreadable {fmt.WEIGHTS_NPZ} ({e})") from e
 
 
 def _residual_scale(d: Path, rs: Any, n: int) -> ResidualScale | None:

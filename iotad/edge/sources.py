@@ -22,7 +22,6 @@ from iotad.data.schema import (
 log = logging.getLogger(__name__)
 
 
-
 @dataclass
 class RawBlock:
     """Complete CSV lines (each ends with ``\\n``) of one file whose header is ``header``."""

@@ -12,7 +12,6 @@ def catalogue() -> tuple[MetricSpec, ...]:
     return FL_SPECS + EDGE_SPECS
 
 
-
 def catalogue_markdown() -> str:
     """Render the catalogue as a markdown table (docs/monitoring.md embeds it)."""
     rows = ["| metric | type | labels | multiprocess | written by | meaning |", "|---|---|---|---|---|---|"]

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import os
 import socket
-import weakref
 from collections.abc import Iterable, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 
 import numpy as np
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from iotad.telemetry.spec import (
     LATENCY_BUCKETS,
@@ -18,6 +18,7 @@ from iotad.telemetry.spec import (
     TASK_BUCKETS,
     MetricFamilies,
     MetricSpec,
+    families,
     observe_many,
 )
 from iotad.telemetry.spec import counter_spec as _c
@@ -61,7 +62,6 @@ EDGE_SPECS: tuple[MetricSpec, ...] = (
 )
 
 
-
 class EdgeMetrics(MetricFamilies):
     """Device metric families (attributes named after :data:`EDGE_SPECS`); all carry ``device``."""
 
@@ -83,16 +83,8 @@ class EdgeMetrics(MetricFamilies):
     rejected_rows: Counter
 
 
-_EDGE_CACHE: weakref.WeakKeyDictionary[CollectorRegistry, EdgeMetrics] = weakref.WeakKeyDictionary()
-
-
-def edge_metrics(registry: CollectorRegistry | None = None) -> EdgeMetrics:
-    """Return the device metrics registered in ``registry`` (default: the global one), once each."""
-    reg = REGISTRY if registry is None else registry
-    if reg not in _EDGE_CACHE:
-        _EDGE_CACHE[reg] = EdgeMetrics(reg)
-    return _EDGE_CACHE[reg]
-
+#: ``edge_metrics(registry=None)``: the device metrics in ``registry`` (default: the global one), once each.
+edge_metrics = partial(families, EdgeMetrics)
 
 
 def device_name(default: str | None = None) -> str:

@@ -23,7 +23,6 @@ def make_registry() -> CollectorRegistry:
     return CollectorRegistry(auto_describe=True)
 
 
-
 def multiprocess_enabled() -> bool:
     """Whether metrics created now are written to ``$PROMETHEUS_MULTIPROC_DIR``."""
     return bool(getattr(_values.ValueClass, "_multiprocess", False))

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import time
-import weakref
 from collections.abc import Mapping
+from functools import partial
 from typing import Any
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from iotad.telemetry.spec import ROUND_BUCKETS, MetricFamilies, MetricSpec
+from iotad.telemetry.spec import ROUND_BUCKETS, MetricFamilies, MetricSpec, families
 from iotad.telemetry.spec import counter_spec as _c
 from iotad.telemetry.spec import gauge_spec as _g
 from iotad.telemetry.spec import histogram_spec as _h
@@ -97,16 +97,8 @@ class FLMetrics(MetricFamilies):
     last_round_timestamp: Gauge
 
 
-_FL_CACHE: weakref.WeakKeyDictionary[CollectorRegistry, FLMetrics] = weakref.WeakKeyDictionary()
-
-
-def fl_metrics(registry: CollectorRegistry | None = None) -> FLMetrics:
-    """Return the aggregator metrics registered in ``registry`` (default: the global one), once each."""
-    reg = REGISTRY if registry is None else registry
-    if reg not in _FL_CACHE:
-        _FL_CACHE[reg] = FLMetrics(reg)
-    return _FL_CACHE[reg]
-
+#: ``fl_metrics(registry=None)``: the aggregator metrics in ``registry`` (default: the global one), once each.
+fl_metrics = partial(families, FLMetrics)
 
 
 class AggregatorTelemetry:

@@ -6,12 +6,13 @@ The metrics themselves live next to the process that exports them: :mod:`iotad.t
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal, TypeVar, cast
 
 import numpy as np
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
 ALLOWED_LABELS = frozenset({"device", "phase", "reason", "attack_type"})
 # Last token of a name (before ``_total``): a base unit, or what a dimensionless number counts.
@@ -81,6 +82,19 @@ _created = False
 def metrics_created() -> bool:
     """Whether this process has created any iotad metric (multiprocess mode must be chosen before)."""
     return _created
+
+
+F = TypeVar("F", bound="MetricFamilies")
+_FAMILIES: dict[type[MetricFamilies], weakref.WeakKeyDictionary[CollectorRegistry, Any]] = {}
+
+
+def families(cls: type[F], registry: CollectorRegistry | None = None) -> F:
+    """Return the ``cls`` metrics registered in ``registry`` (default: the global one), created once each."""
+    reg = REGISTRY if registry is None else registry
+    cache = _FAMILIES.setdefault(cls, weakref.WeakKeyDictionary())
+    if reg not in cache:
+        cache[reg] = cls(reg)
+    return cast(F, cache[reg])
 
 
 class MetricFamilies:
