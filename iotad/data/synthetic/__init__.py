@@ -59,7 +59,7 @@ import numpy as np
 import pandas as pd
 
 from iotad.data.schema import ATTACK_TYPES, LABEL_COLUMN, NORMAL, RAW_COLUMNS, TYPE_COLUMN
-from iotad.data.synthetic import attacks, profiles
+from iotad.data.synthetic import attacks, background, profiles
 from iotad.data.synthetic.packets import HEX_COLUMNS, PayloadPool, Rows
 
 __all__ = ["MARKER", "generate_device_traffic", "write_synthetic"]
@@ -132,18 +132,18 @@ def _device_parts(device: int, rows: int, seed: int) -> list[Rows]:
     for prof, n in ((prof_a, n_a), (prof_b, n_b)):
         per = 24.75 if prof.topic is None else _mqtt_rows_per_session(prof)
         parts.append(_fill(int(n), partial(profiles.profile_sessions, rng, prof, net=net), per, spread))
-    bg = rng.multinomial(n_bg, rng.dirichlet(profiles.BACKGROUND_SHARE * 40))
+    bg = rng.multinomial(n_bg, rng.dirichlet(background.BACKGROUND_SHARE * 40))
     stream0 = int(rng.integers(0, 40))
     bg_makers = {
-        "tls": (lambda st: profiles.tls_streams(rng, st, net, pool), 17.6),
-        "http": (lambda st: profiles.http_dashboard(rng, st, net, pool), 9.6),
-        "dns": (lambda st: profiles.dns_rows(rng, st, net, stream0), 1.0),
-        "ntp": (lambda st: profiles.ntp_rows(rng, st, net, stream0 + 5000), 1.0),
-        "arp": (lambda st: profiles.arp_rows(rng, st, net), 1.0),
-        "icmp": (lambda st: profiles.icmp_echo_rows(rng, st, net), 1.0),
-        "refused": (lambda st: profiles.refused_rows(rng, st, net), 2.0),
+        "tls": (lambda st: background.tls_streams(rng, st, net, pool), 17.6),
+        "http": (lambda st: background.http_dashboard(rng, st, net, pool), 9.6),
+        "dns": (lambda st: background.dns_rows(rng, st, net, stream0), 1.0),
+        "ntp": (lambda st: background.ntp_rows(rng, st, net, stream0 + 5000), 1.0),
+        "arp": (lambda st: background.arp_rows(rng, st, net), 1.0),
+        "icmp": (lambda st: background.icmp_echo_rows(rng, st, net), 1.0),
+        "refused": (lambda st: background.refused_rows(rng, st, net), 2.0),
     }
-    for name, n in zip(profiles.BACKGROUND, bg, strict=True):
+    for name, n in zip(background.BACKGROUND, bg, strict=True):
         make, per = bg_makers[name]
         parts.append(_fill(int(n), make, per, spread))
 
