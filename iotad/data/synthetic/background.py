@@ -5,20 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from iotad.data.schema import NORMAL
-from iotad.data.synthetic.packets import (
-    ACK,
-    FIN,
-    PSH,
-    RST,
-    SYN,
-    PayloadPool,
-    Rows,
-    Step,
-    Values,
-    conversation,
-    handshake,
-    ints,
-)
+from iotad.data.synthetic import packets as pkt
+from iotad.data.synthetic.packets import PayloadPool, Rows, Step, Values, conversation, handshake, ints
 from iotad.data.synthetic.profiles import Network
 
 
@@ -41,11 +29,11 @@ def tls_streams(
         small = np.clip(rng.lognormal(5.0, 0.9, s), 29, 1448).astype(np.int64)
         length = np.where(is_bulk & (rng.random(s) < 0.85), 1448, small)
         payload = pool.take(length)
-        steps.append(Step(True, PSH | ACK, length, payload, gap=0.02 if j else 0.0, mask=sent))
-        steps.append(Step(False, ACK, mask=sent & (rng.random(s) < 0.7), gap=0.004))
+        steps.append(Step(True, pkt.PSH | pkt.ACK, length, payload, gap=0.02 if j else 0.0, mask=sent))
+        steps.append(Step(False, pkt.ACK, mask=sent & (rng.random(s) < 0.7), gap=0.004))
         reply = sent & (rng.random(s) < 0.15)
         rlen = rng.integers(29, 120, s)
-        steps.append(Step(False, PSH | ACK, rlen, pool.take(rlen), mask=reply, gap=0.01))
+        steps.append(Step(False, pkt.PSH | pkt.ACK, rlen, pool.take(rlen), mask=reply, gap=0.01))
     return conversation(rng, start, steps, client_ip=net.broker, server_ip=server_ip or net.cloud,
                         client_port=rng.integers(40000, 61000, s), server_port=port, kind=kind,
                         client_seq0=seq0, server_seq0=rng.integers(1, 40_000, s))
@@ -73,14 +61,14 @@ def http_exchange(
     rst = rng.random(s) < close_rst
     steps = [
         *handshake(),
-        Step(True, PSH | ACK, req_len, pool.take(req_len), req_fields, gap=0.001),
-        Step(False, ACK, mask=rng.random(s) < 0.6, gap=0.0003),
-        Step(False, PSH | ACK, resp_len, pool.take(resp_len), resp_fields, gap=0.004),
-        Step(True, ACK, gap=0.0005),
-        Step(True, FIN | ACK, mask=~rst, gap=0.01),
-        Step(False, FIN | ACK, mask=~rst),
-        Step(True, ACK, mask=~rst),
-        Step(True, RST | ACK, mask=rst, gap=0.005),
+        Step(True, pkt.PSH | pkt.ACK, req_len, pool.take(req_len), req_fields, gap=0.001),
+        Step(False, pkt.ACK, mask=rng.random(s) < 0.6, gap=0.0003),
+        Step(False, pkt.PSH | pkt.ACK, resp_len, pool.take(resp_len), resp_fields, gap=0.004),
+        Step(True, pkt.ACK, gap=0.0005),
+        Step(True, pkt.FIN | pkt.ACK, mask=~rst, gap=0.01),
+        Step(False, pkt.FIN | pkt.ACK, mask=~rst),
+        Step(True, pkt.ACK, mask=~rst),
+        Step(True, pkt.RST | pkt.ACK, mask=rst, gap=0.005),
     ]
     return conversation(rng, start, steps, client_ip=client_ip, server_ip=server_ip,
                         client_port=rng.integers(32768, 61000, s), server_port=server_port, kind=kind)
@@ -176,7 +164,7 @@ def icmp_echo_rows(rng: np.random.Generator, t: np.ndarray, net: Network) -> Row
 def refused_rows(rng: np.random.Generator, start: np.ndarray, net: Network) -> Rows:
     """Sensors retrying a service that is down: SYN answered by RST-ACK."""
     s = len(start)
-    steps = [Step(True, SYN, options="020405b40402080a"), Step(False, RST | ACK, gap=0.0003)]
+    steps = [Step(True, pkt.SYN, options="020405b40402080a"), Step(False, pkt.RST | pkt.ACK, gap=0.0003)]
     return conversation(rng, start, steps, client_ip=rng.choice(np.array(net.sensors, dtype=object), s),
                         server_ip=net.broker, client_port=rng.integers(32768, 61000, s),
                         server_port=rng.choice([1883, 8080, 502], s), kind=NORMAL)
