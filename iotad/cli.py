@@ -44,6 +44,7 @@ def _centralized(a: argparse.Namespace) -> None:
     metrics = run_centralized(
         out=a.out, data=a.data, train_csv=a.train_csv, eval_csv=a.eval_csv,
         epochs=a.epochs, quantile=a.quantile, seed=a.seed, members=a.members, split_seed=a.split_seed,
+        feature_set=a.features, normalisation=a.normalisation,
     )
     _print_summary(metrics, a.out)
 
@@ -54,7 +55,7 @@ def _simulate(a: argparse.Namespace) -> None:
     metrics = simulate(
         data=a.data, rounds=a.rounds, out=a.out, devices=a.devices, strategy=a.strategy,
         fraction=a.fraction, local_epochs=a.local_epochs, quantile=a.quantile, seed=a.seed, members=a.members,
-        split_seed=a.split_seed,
+        split_seed=a.split_seed, feature_set=a.features, normalisation=a.normalisation,
     )
     _print_summary(metrics, a.out)
 
@@ -157,6 +158,13 @@ def _print_summary(metrics: dict, out: Path) -> None:
     err.print(f"results in {out}")
 
 
+def _detector_options(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--features", choices=("window", "packet"), default="window",
+                   help="per-packet encoding plus window statistics (default), or the per-packet encoding alone")
+    s.add_argument("--normalisation", choices=("local", "global"), default="local",
+                   help="scaler and score scale per device (default) or merged over the fleet")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="iotad", description="Federated anomaly detection for IoT edge devices.")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress details")
@@ -186,6 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0, help="initial weights and shuffling")
     s.add_argument("--split-seed", type=int, default=None, help="train/calibration/evaluation split (default: --seed)")
     s.add_argument("--members", type=int, default=4, help="autoencoders in the ensemble")
+    _detector_options(s)
     s.add_argument("--out", type=Path, required=True)
     s.set_defaults(func=_centralized)
 
@@ -200,6 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0, help="initial weights and shuffling")
     s.add_argument("--split-seed", type=int, default=None, help="train/calibration/evaluation split (default: --seed)")
     s.add_argument("--members", type=int, default=4, help="autoencoders in the ensemble")
+    _detector_options(s)
     s.add_argument("--out", type=Path, required=True)
     s.set_defaults(func=_simulate)
 

@@ -35,7 +35,8 @@ from typing import Any
 
 import numpy as np
 
-from iotad.core.preprocessing import ResidualScale, Scaler
+from iotad.core.normalisation import AnyScaler
+from iotad.core.preprocessing import ResidualScale
 from iotad.core.shapes import expected_shapes, state_dict_names, weights_mismatch
 
 BUNDLE_FORMAT = "iotad-bundle"
@@ -71,7 +72,9 @@ class Bundle:
     arrays : tuple of np.ndarray
         Model weights in ``state_dict`` order: (weight (out, in), bias (out,)) per linear layer, member by
         member.
-    scaler : Scaler
+    scaler : Scaler, QuantileScaler or None
+        None in a federation's global bundle under per-device normalisation: each device's own bundle
+        carries its scaler; this one only the shared weights and threshold.
     residual_scale : ResidualScale or None
         One column per feature and member; None: plain reconstruction MSE scores.
     threshold : float or None
@@ -87,7 +90,7 @@ class Bundle:
     dropout: float
     members: int
     arrays: tuple[np.ndarray, ...]
-    scaler: Scaler
+    scaler: AnyScaler | None
     residual_scale: ResidualScale | None
     threshold: float | None
     quantile: float = DEFAULT_QUANTILE
@@ -133,7 +136,7 @@ def save_bundle(directory: str | Path, bundle: Bundle) -> Path:
         "feature_names": bundle.feature_names,
         "model": {"n_features": bundle.n_features, "hidden": list(bundle.hidden), "dropout": bundle.dropout,
                   "members": bundle.members},
-        "scaler": bundle.scaler.to_dict(),
+        "scaler": None if bundle.scaler is None else bundle.scaler.to_dict(),
         "residual_scale": None if bundle.residual_scale is None else bundle.residual_scale.to_dict(),
         "threshold": bundle.threshold,
         "quantile": bundle.quantile,
@@ -146,7 +149,7 @@ def save_bundle(directory: str | Path, bundle: Bundle) -> Path:
 
 def bundle_from_weights(
     weights: Sequence[np.ndarray],
-    scaler: Scaler,
+    scaler: AnyScaler | None,
     threshold: float | None,
     *,
     hidden: Sequence[int],
@@ -165,7 +168,12 @@ def bundle_from_weights(
     ValueError
         Feature names, weights or residual scale that do not fit (:class:`BundleError` for the weights).
     """
-    n = scaler.n_features
+    if scaler is not None:
+        n = scaler.n_features
+    elif weights and np.ndim(weights[0]) == 2:
+        n = int(np.shape(weights[0])[1])  # the first layer's weight is (hidden, n_features)
+    else:
+        raise BundleError("cannot tell the input width: no scaler and no first-layer weight")
     if feature_names is not None and len(feature_names) != n:
         raise ValueError(f"{len(feature_names)} feature names for {n} features")
     members = model_members(weights, n, hidden)

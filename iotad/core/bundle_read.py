@@ -15,7 +15,8 @@ import numpy as np
 
 from iotad.core import bundle as fmt
 from iotad.core.bundle import Bundle, BundleChanged, BundleError
-from iotad.core.preprocessing import ResidualScale, Scaler
+from iotad.core.normalisation import scaler_from_dict
+from iotad.core.preprocessing import ResidualScale
 from iotad.core.shapes import weights_mismatch
 
 
@@ -65,10 +66,10 @@ def _read_once(d: Path, feature_names: Sequence[str] | None, n_features: int | N
     hidden, dropout, members = _model_shape(d, model_hp, n)
     arrays = _load_arrays(d, raw)
     try:
-        scaler = Scaler.from_dict(meta["scaler"])
+        scaler = None if meta["scaler"] is None else scaler_from_dict(meta["scaler"])
     except (KeyError, TypeError, ValueError) as e:
         raise BundleError(f"{d}: malformed scaler ({e})") from e
-    if scaler.n_features != n:
+    if scaler is not None and scaler.n_features != n:
         raise BundleError(f"{d}: scaler has {scaler.n_features} features, model {n}")
     residual_scale = _residual_scale(d, meta.get("residual_scale"), n * members)
     problem = weights_mismatch(arrays, n, hidden, members)

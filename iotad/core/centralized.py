@@ -18,13 +18,16 @@ import torch
 
 from iotad.core.detector import Detector
 from iotad.core.evaluation import ClassHistograms, metrics_from_histograms
-from iotad.core.model import DEFAULT_MEMBERS
+from iotad.core.model import DEFAULT_MEMBERS, Autoencoder
+from iotad.core.normalisation import GLOBAL, LOCAL, SCALER_OF, check_normalisation
 from iotad.core.runs import data_kind, device_dirs, model_dir, write_run
+from iotad.core.shared_model import evaluation_histograms, fit_shared, make_parts, save_device_bundles, single_detector
 from iotad.core.train import TrainConfig
 from iotad.data.device import load_device_splits
 from iotad.data.loader import Traffic, load_traffic
-from iotad.data.schema import FEATURE_NAMES, N_FEATURES, NORMAL
-from iotad.data.splits import split_normal
+from iotad.data.schema import NORMAL
+from iotad.data.splits import Splits, split_normal
+from iotad.features.sets import DEFAULT_FEATURE_SET, feature_names, feature_set_of, stage_for
 
 
 def class_histograms(detector: Detector, traffic: Traffic) -> ClassHistograms:
@@ -43,6 +46,23 @@ def _rejected(*parts: Traffic) -> dict[str, int]:
     return dict(total)
 
 
+def _load_parts(
+    data: Path | None, train_csv: list[Path] | None, eval_csv: list[Path] | None, split_seed: int,
+    feature_set: str, cache: Path,
+) -> tuple[list[str], list[Splits], dict[str, int], dict[str, Any]]:
+    """Per-device splits (``--data``) or one pooled part (``--train-csv``/``--eval-csv``)."""
+    if data is not None:
+        dirs = device_dirs(data)
+        splits = [load_device_splits(d, split_seed, cache_dir=cache, extra=stage_for(feature_set)) for d in dirs]
+        return [d.name for d in dirs], splits, {}, {"data": str(data)}
+    assert train_csv and eval_csv
+    pooled = load_traffic(train_csv, extra=stage_for(feature_set))
+    train, calibration = split_normal(pooled, split_seed)
+    evaluation = load_traffic(eval_csv, extra=stage_for(feature_set))
+    source = {"train_csv": [str(p) for p in train_csv], "eval_csv": [str(p) for p in eval_csv]}
+    return ["pooled"], [Splits(train, calibration, evaluation)], _rejected(pooled, evaluation), source
+
+
 def run_centralized(
     out: Path,
     *,
@@ -54,43 +74,46 @@ def run_centralized(
     seed: int = 0,
     members: int = DEFAULT_MEMBERS,
     split_seed: int | None = None,
+    feature_set: str = DEFAULT_FEATURE_SET,
+    normalisation: str = LOCAL,
 ) -> dict[str, Any]:
     """Train on pooled normal traffic, calibrate, evaluate; write the run folder.
 
     ``seed`` fixes the initial weights and the shuffling, ``split_seed`` (default: ``seed``) the
-    train / calibration / evaluation split of the rows.
+    train / calibration / evaluation split of the rows. ``normalisation="local"`` scales each device's rows
+    and scores with that device's own statistics, as the federation does (``RUN/devices/<name>/model`` are
+    the complete bundles); ``"global"`` fits one min-max scaler on the pooled rows.
     """
     out = Path(out)
     split_seed = seed if split_seed is None else split_seed
+    check_normalisation(normalisation)
+    names = feature_names(feature_set)
     t0 = time.monotonic()
-    if data is not None:
-        splits = [load_device_splits(d, split_seed, cache_dir=out / "cache") for d in device_dirs(data)]
-        train = Traffic.concat([s.train for s in splits])
-        calibration = Traffic.concat([s.calibration for s in splits])
-        evaluation = Traffic.concat([s.evaluation for s in splits])
-        rejected: dict[str, int] = {}
-        source: dict[str, Any] = {"data": str(data)}
-    else:
-        assert train_csv and eval_csv
-        pooled = load_traffic(train_csv)
-        train, calibration = split_normal(pooled, split_seed)
-        evaluation = load_traffic(eval_csv)
-        rejected = _rejected(pooled, evaluation)
-        source = {"train_csv": [str(p) for p in train_csv], "eval_csv": [str(p) for p in eval_csv]}
-    if len(train) == 0 or len(calibration) == 0:
+    devices, splits, rejected, source = _load_parts(data, train_csv, eval_csv, split_seed, feature_set,
+                                                    out / "cache")
+    if normalisation == GLOBAL and len(splits) > 1:
+        splits = [Splits(*(Traffic.concat([getattr(s, part) for s in splits])
+                           for part in ("train", "calibration", "evaluation")))]
+        devices = ["pooled"]
+    if any(len(s.train) == 0 or len(s.calibration) == 0 for s in splits):
         raise ValueError("no normal rows to train on after cleaning (see the rejected-row counts)")
 
-    cfg = TrainConfig(epochs=epochs, seed=seed)
+    parts = make_parts(devices, splits, SCALER_OF[normalisation])
     with torch.random.fork_rng():  # seeded initial weights: the same command gives the same model
         torch.manual_seed(seed)
-        detector = Detector(N_FEATURES, members=members, feature_names=FEATURE_NAMES)
-    detector.fit(train.features, calibration.features, cfg, quantile)
-    detector.metadata = {"source": "centralized"}
-    assert detector.threshold is not None and detector.train_result is not None
-    histograms = class_histograms(detector, evaluation)
-    metrics = metrics_from_histograms(histograms, detector.threshold)
-    bundle = detector.save(out / "model")
-    history = [{"epoch": i + 1, "train_loss": loss} for i, loss in enumerate(detector.train_result.epoch_losses)]
+        model = Autoencoder(len(names), members=members)
+    result, threshold = fit_shared(model, parts, TrainConfig(epochs=epochs, seed=seed), quantile)
+    histograms = evaluation_histograms(model, parts)
+    metrics = metrics_from_histograms(histograms, threshold)
+    metadata = {"source": "centralized", "feature_set": feature_set}
+    if len(parts) == 1:
+        detector = single_detector(model, parts[0], threshold, quantile, names)
+        detector.metadata = {**metadata, "normalisation": normalisation}
+        bundle = detector.save(out / "model")
+    else:
+        bundle = save_device_bundles(out, model, parts, threshold, quantile=quantile, feature_names=names,
+                                     metadata=metadata)
+    history = [{"epoch": i + 1, "train_loss": loss} for i, loss in enumerate(result.epoch_losses)]
     return write_run(
         out,
         kind="centralized",
@@ -106,20 +129,34 @@ def run_centralized(
             "seed": seed,
             "split_seed": split_seed,
             "members": members,
-            "rows": {"train": len(train), "calibration": len(calibration), "evaluation": len(evaluation)},
+            "feature_set": feature_set,
+            "normalisation": normalisation,
+            "rows": {part: sum(len(getattr(s, part)) for s in splits)
+                     for part in ("train", "calibration", "evaluation")},
             "rejected": rejected,
-            "train_seconds": detector.train_result.seconds,
+            "train_seconds": result.seconds,
             "seconds": time.monotonic() - t0,
         },
     )
+
+
+def _stage(detector: Detector) -> Any:
+    """The window stage a bundle's features need (None for packet features); a bundle without a scaler
+    (a federation's global part under per-device normalisation) cannot score."""
+    if detector.scaler is None:
+        raise ValueError("this bundle normalises per device and holds no scaler: pass a device's bundle, "
+                         "RUN/devices/<name>/model")
+    if detector.feature_names is None:
+        raise ValueError("the bundle does not name its features")
+    return stage_for(feature_set_of(detector.feature_names))
 
 
 def evaluate_csvs(model: Path, csvs: list[Path], out: Path) -> dict[str, Any]:
     """Metrics of a trained bundle on labelled CSVs, written to ``out``."""
     import json
 
-    detector = Detector.load(model_dir(model), feature_names=FEATURE_NAMES)
-    traffic = load_traffic(csvs)
+    detector = Detector.load(model_dir(model))
+    traffic = load_traffic(csvs, extra=_stage(detector))
     assert detector.threshold is not None
     metrics = metrics_from_histograms(class_histograms(detector, traffic), detector.threshold)
     metrics["rejected"] = traffic.rejected
@@ -130,12 +167,12 @@ def evaluate_csvs(model: Path, csvs: list[Path], out: Path) -> dict[str, Any]:
 
 def score_csv(model: Path, csv_path: Path, out: Path) -> tuple[int, int]:
     """Score every usable row: ``row, score, anomaly`` (row = 0-based data row of the input)."""
-    detector = Detector.load(model_dir(model), feature_names=FEATURE_NAMES)
+    detector = Detector.load(model_dir(model))
     from iotad.data.loader import read_header
     from iotad.data.schema import LABEL_COLUMN
 
     labelled = LABEL_COLUMN in read_header(csv_path)
-    traffic = load_traffic([csv_path], dedupe=False, labelled=labelled)
+    traffic = load_traffic([csv_path], dedupe=False, labelled=labelled, extra=_stage(detector))
     scores = detector.decision_function(traffic.features)
     flags = detector.predict_scores(scores)
     Path(out).parent.mkdir(parents=True, exist_ok=True)

@@ -33,7 +33,8 @@ from iotad.core.bundle import (
 )
 from iotad.core.bundle_read import read_bundle
 from iotad.core.model import DEFAULT_DROPOUT, DEFAULT_HIDDEN, DEFAULT_MEMBERS, Autoencoder
-from iotad.core.preprocessing import FeatureStats, ResidualScale, Scaler
+from iotad.core.normalisation import QUANTILE, SCALER_KINDS, AnyScaler, fit_scaler
+from iotad.core.preprocessing import ResidualScale
 from iotad.core.scoring import reconstruction_errors, residual_sumsq
 from iotad.core.threshold import error_histogram, threshold_from_histogram
 from iotad.core.train import TrainConfig, TrainResult, get_weights, set_weights, train_autoencoder
@@ -77,7 +78,7 @@ class Detector:
         self.n_features = int(n_features)
         self.feature_names: list[str] | None = list(feature_names) if feature_names is not None else None
         self.model = Autoencoder(n_features, hidden, dropout, members)
-        self.scaler: Scaler | None = None
+        self.scaler: AnyScaler | None = None
         self.residual_scale: ResidualScale | None = None
         self.threshold: float | None = None
         self.quantile: float = DEFAULT_QUANTILE
@@ -94,15 +95,19 @@ class Detector:
         calibration_features: np.ndarray,
         cfg: TrainConfig | None = None,
         quantile: float = DEFAULT_QUANTILE,
+        scaler: str = QUANTILE,
     ) -> Detector:
         """Fit the scaler, the model and the residual scale on normal ``train_features``; threshold from the
         scores of held-out normal ``calibration_features`` (quantile ``quantile``, so FPR on them <= 1 - quantile).
+        ``scaler`` is one of :data:`iotad.core.normalisation.SCALER_KINDS`.
         """
+        if scaler not in SCALER_KINDS:
+            raise ValueError(f"unknown scaler {scaler!r}; choose one of {', '.join(SCALER_KINDS)}")
         self._check_features(train_features)
         self._check_features(calibration_features)
         if len(calibration_features) == 0:
             raise ValueError("calibration needs at least one held-out normal row")
-        self.scaler = Scaler.from_stats(FeatureStats.of(train_features))
+        self.scaler = fit_scaler(train_features, scaler)
         x = self.scaler.transform(train_features)
         self.residual_scale = None
         self.train_result = train_autoencoder(self.model, x, cfg or TrainConfig())
@@ -132,7 +137,8 @@ class Detector:
         training rows), or the plain reconstruction MSE when the detector has no residual scale.
         """
         if self.scaler is None:
-            raise RuntimeError("detector has no scaler: fit or load it first")
+            raise RuntimeError("detector has no scaler: fit it, or load a bundle that has one (under per-device "
+                               "normalisation a federation's global bundle has none: use a device's bundle)")
         self._check_features(features)
         weights = None if self.residual_scale is None else self.residual_scale.weights
         return reconstruction_errors(self.model, self.scaler.transform(features), feature_weights=weights)
@@ -205,7 +211,7 @@ class Detector:
 
 def detector_from_weights(
     weights: Sequence[np.ndarray],
-    scaler: Scaler,
+    scaler: AnyScaler | None,
     threshold: float | None,
     *,
     quantile: float = DEFAULT_QUANTILE,

@@ -16,17 +16,23 @@ import numpy as np
 from iotad.core.detector import detector_from_weights
 from iotad.core.evaluation import ClassHistograms, Confusion, confusion_from_errors
 from iotad.core.model import Autoencoder
-from iotad.core.preprocessing import FeatureStats, ResidualScale, Scaler
+from iotad.core.normalisation import QUANTILE, AnyScaler, fit_scaler
+from iotad.core.preprocessing import FeatureStats, ResidualScale
 from iotad.core.scoring import reconstruction_errors, residual_sumsq
 from iotad.core.threshold import error_histogram
 from iotad.core.train import TrainConfig, TrainResult, get_weights, set_weights, train_autoencoder
-from iotad.data.schema import FEATURE_NAMES, NORMAL
+from iotad.data.schema import NORMAL
 from iotad.data.splits import Splits
 
 
 def feature_stats(splits: Splits) -> FeatureStats:
     """Scaling statistics of the device's normal training rows."""
     return FeatureStats.of(splits.train.features)
+
+
+def local_scaler(splits: Splits) -> AnyScaler:
+    """The device's own scaler (per-device normalisation): fitted on its normal training rows only."""
+    return fit_scaler(splits.train.features, QUANTILE)
 
 
 def _model(weights: Sequence[np.ndarray], n_features: int) -> Autoencoder:
@@ -36,7 +42,7 @@ def _model(weights: Sequence[np.ndarray], n_features: int) -> Autoencoder:
 
 
 def train(
-    splits: Splits, weights: Sequence[np.ndarray], scaler: Scaler, cfg: TrainConfig
+    splits: Splits, weights: Sequence[np.ndarray], scaler: AnyScaler, cfg: TrainConfig
 ) -> tuple[list[np.ndarray], TrainResult]:
     """Train the global model on local normal traffic; FedProx if ``cfg.proximal_mu`` > 0."""
     model = _model(weights, splits.train.features.shape[1])
@@ -45,7 +51,7 @@ def train(
     return get_weights(model), result
 
 
-def residual_stats(splits: Splits, weights: Sequence[np.ndarray], scaler: Scaler) -> ResidualScale:
+def residual_stats(splits: Splits, weights: Sequence[np.ndarray], scaler: AnyScaler) -> ResidualScale:
     """Per-feature sums of squared residuals of the global model on the device's normal training rows.
 
     Send ``count`` (int) and ``sumsq`` (one float per feature and ensemble member); the server sums both over devices
@@ -56,7 +62,9 @@ def residual_stats(splits: Splits, weights: Sequence[np.ndarray], scaler: Scaler
     return ResidualScale(count=len(x), sumsq=residual_sumsq(model, x))
 
 
-def _scores(weights: Sequence[np.ndarray], scaler: Scaler, residual: ResidualScale | None, x: np.ndarray) -> np.ndarray:
+def _scores(
+    weights: Sequence[np.ndarray], scaler: AnyScaler, residual: ResidualScale | None, x: np.ndarray
+) -> np.ndarray:
     model = _model(weights, x.shape[1])
     return reconstruction_errors(
         model, scaler.transform(x), feature_weights=None if residual is None else residual.weights
@@ -64,7 +72,7 @@ def _scores(weights: Sequence[np.ndarray], scaler: Scaler, residual: ResidualSca
 
 
 def calibration_histogram(
-    splits: Splits, weights: Sequence[np.ndarray], scaler: Scaler, residual: ResidualScale | None = None
+    splits: Splits, weights: Sequence[np.ndarray], scaler: AnyScaler, residual: ResidualScale | None = None
 ) -> np.ndarray:
     """Histogram of the global model's scores on held-out normal rows (fixed bins)."""
     return error_histogram(_scores(weights, scaler, residual, splits.calibration.features))
@@ -79,7 +87,7 @@ class LocalEvaluation:
 def evaluate(
     splits: Splits,
     weights: Sequence[np.ndarray],
-    scaler: Scaler,
+    scaler: AnyScaler,
     threshold: float,
     residual: ResidualScale | None = None,
 ) -> LocalEvaluation:
@@ -91,12 +99,12 @@ def evaluate(
 
 
 def save_global_bundle(
-    directory: Path, weights: Sequence[np.ndarray], scaler: Scaler, threshold: float, server_round: int,
-    *, quantile: float, residual: ResidualScale | None = None,
+    directory: Path, weights: Sequence[np.ndarray], scaler: AnyScaler, threshold: float, server_round: int,
+    *, quantile: float, residual: ResidualScale | None = None, feature_names: Sequence[str] | None = None,
 ) -> Path:
     """Write the global model the device just evaluated as the bundle its agent serves."""
     detector = detector_from_weights(
-        weights, scaler, threshold, quantile=quantile, round=server_round, feature_names=FEATURE_NAMES,
+        weights, scaler, threshold, quantile=quantile, round=server_round, feature_names=feature_names,
         metadata={"source": "federated"}, residual_scale=residual,
     )
     return detector.save(directory)

@@ -16,7 +16,7 @@ import numpy as np
 
 from iotad.data.schema import FEATURE_NAMES
 from iotad.data.splits import Splits, split_traffic
-from iotad.data.traffic import Traffic
+from iotad.data.traffic import ExtraFeatures, Traffic
 
 _PARTS = ("train", "calibration", "evaluation")
 
@@ -26,9 +26,10 @@ def traffic_file(path: Path) -> Path:
     return path / "traffic.csv" if path.is_dir() else path
 
 
-def _cache_key(csv: Path, seed: int) -> str:
+def _cache_key(csv: Path, seed: int, extra: ExtraFeatures | None) -> str:
     st = csv.stat()
-    ident = f"{csv.resolve()}|{st.st_size}|{st.st_mtime_ns}|{seed}|{'|'.join(FEATURE_NAMES)}"
+    names = (*FEATURE_NAMES, *(extra.names if extra is not None else ()))
+    ident = f"{csv.resolve()}|{st.st_size}|{st.st_mtime_ns}|{seed}|{'|'.join(names)}"
     return hashlib.sha256(ident.encode()).hexdigest()[:16]
 
 
@@ -62,16 +63,19 @@ def _load(cache: Path) -> Splits:
     return Splits(*parts)
 
 
-def load_device_splits(path: Path, seed: int, cache_dir: Path | None = None) -> Splits:
-    """Encoded train / calibration / evaluation splits of one device's traffic."""
+def load_device_splits(
+    path: Path, seed: int, cache_dir: Path | None = None, extra: ExtraFeatures | None = None
+) -> Splits:
+    """Encoded train / calibration / evaluation splits of one device's traffic (with ``extra``'s columns,
+    computed over the whole file in capture order before the rows are split)."""
     csv = traffic_file(Path(path))
     if cache_dir is not None and csv.exists():
-        cache = Path(cache_dir) / f"splits-{_cache_key(csv, seed)}.npz"
+        cache = Path(cache_dir) / f"splits-{_cache_key(csv, seed, extra)}.npz"
         if cache.exists():
             return _load(cache)
     from iotad.data.loader import load_traffic  # pandas only on a cache miss
 
-    splits = split_traffic(load_traffic([csv]), seed)
+    splits = split_traffic(load_traffic([csv], extra=extra), seed)
     if cache_dir is not None:
         _save(cache, splits)
     return splits

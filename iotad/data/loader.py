@@ -32,6 +32,7 @@ from iotad.data.encoding import (
     encode_frame,
     row_hashes,
 )
+from iotad.data.rows import FirstSeen, RowBuffer
 from iotad.data.schema import (
     CATEGORICAL_COLUMNS,
     FEATURE_NAMES,
@@ -40,15 +41,17 @@ from iotad.data.schema import (
     NUMERIC_COLUMNS,
     RAW_COLUMNS,
     REJECT_REASONS,
+    STREAM_COLUMNS,
     TRAFFIC_TYPES,
     TYPE_COLUMN,
 )
-from iotad.data.traffic import Traffic, _no_rejects
+from iotad.data.traffic import ExtraFeatures, Traffic, _no_rejects, feature_width
 
 __all__ = [
     "FEATURE_NAMES",
     "N_FEATURES",
     "REJECT_REASONS",
+    "ExtraFeatures",
     "SchemaError",
     "Traffic",
     "encode_lines",
@@ -139,7 +142,8 @@ class _Chunk:
     rows_read: int
 
 
-def _iter_chunks(paths: Paths, chunk_rows: int, labelled: bool) -> Iterator[_Chunk]:
+def _iter_chunks(paths: Paths, chunk_rows: int, labelled: bool,
+                 extra: ExtraFeatures | None = None) -> Iterator[_Chunk]:
     if chunk_rows < 1:
         raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
     files = _as_paths(paths)
@@ -150,18 +154,23 @@ def _iter_chunks(paths: Paths, chunk_rows: int, labelled: bool) -> Iterator[_Chu
         headers.append(header)
     next_row = 0
     for path, header in zip(files, headers, strict=True):
+        if extra is not None:
+            extra.start_stream()  # each file is its own capture: no state across files
         with _open(path) as f:
             f.readline(1 << 20)
             for block in line_blocks(f, chunk_rows):
-                chunk = _encode_block(block, header, next_row, labelled)
+                chunk = _encode_block(block, header, next_row, labelled, extra)
                 next_row += chunk.rows_read
                 yield chunk
 
 
-def _encode_block(block: bytes, header: list[str], first_row: int, labelled: bool) -> _Chunk:
+def _encode_block(block: bytes, header: list[str], first_row: int, labelled: bool,
+                  extra: ExtraFeatures | None = None) -> _Chunk:
     lines = split_block(block, len(header), first_row)
-    usecols = [*NUMERIC_COLUMNS, *CATEGORICAL_COLUMNS, *((LABEL_COLUMN, TYPE_COLUMN) if labelled else ())]
-    encoded = encode_frame(parse_lines(lines, header, usecols), labelled=labelled)
+    usecols = [*NUMERIC_COLUMNS, *CATEGORICAL_COLUMNS, *((LABEL_COLUMN, TYPE_COLUMN) if labelled else ()),
+               *(STREAM_COLUMNS if extra is not None else ())]
+    frame = parse_lines(lines, header, usecols)
+    encoded = encode_frame(frame, labelled=labelled)
     rejected = _no_rejects()
     rejected["column_count"] = lines.bad_width
     counts = np.bincount(encoded.reason, minlength=len(REJECT_REASONS) + 1)
@@ -169,8 +178,12 @@ def _encode_block(block: bytes, header: list[str], first_row: int, labelled: boo
         if code != COLUMN_COUNT:
             rejected[reason] += int(counts[code])
     keep = encoded.reason == 0
+    features = encoded.features[keep] if not keep.all() else encoded.features
+    if extra is not None:
+        keys = {c: frame[c].to_numpy(dtype=object)[keep] for c in STREAM_COLUMNS}
+        features = np.concatenate([features, extra(keys, features)], axis=1)
     return _Chunk(
-        features=encoded.features[keep] if not keep.all() else encoded.features,
+        features=features,
         labels=encoded.labels[keep],
         type_codes=encoded.type_codes[keep],
         row_index=lines.good_rows[keep],
@@ -179,10 +192,12 @@ def _encode_block(block: bytes, header: list[str], first_row: int, labelled: boo
     )
 
 
-def encode_lines(block: bytes, header: list[str], *, labelled: bool = True, first_row: int = 0) -> Traffic:
+def encode_lines(block: bytes, header: list[str], *, labelled: bool = True, first_row: int = 0,
+                 extra: ExtraFeatures | None = None) -> Traffic:
     """Encode raw CSV lines (no header line) exactly as the loader encodes a file chunk, rejects
-    counted per reason, no deduplication: what a live scorer reading appended lines needs."""
-    return _to_traffic(_encode_block(block, header, first_row, labelled))
+    counted per reason, no deduplication: what a live scorer reading appended lines needs (its
+    ``extra`` stage carries on across calls: one stream)."""
+    return _to_traffic(_encode_block(block, header, first_row, labelled, extra))
 
 
 def _to_traffic(chunk: _Chunk) -> Traffic:
@@ -196,7 +211,8 @@ def _to_traffic(chunk: _Chunk) -> Traffic:
     )
 
 
-def iter_traffic(paths: Paths, *, chunk_rows: int = 100_000, labelled: bool = True) -> Iterator[Traffic]:
+def iter_traffic(paths: Paths, *, chunk_rows: int = 100_000, labelled: bool = True,
+                 extra: ExtraFeatures | None = None) -> Iterator[Traffic]:
     """Encoded rows of one or more CSVs, chunk by chunk (no deduplication).
 
     Parameters
@@ -208,77 +224,42 @@ def iter_traffic(paths: Paths, *, chunk_rows: int = 100_000, labelled: bool = Tr
     labelled
         Read ``Attack_label``/``Attack_type``; ``False`` for live traffic, which may lack them
         (labels -1, attack types "").
+    extra
+        A stage whose columns follow the packet features (:class:`ExtraFeatures`).
 
     Raises
     ------
     SchemaError
         A file is missing or its header is not the Edge-IIoTset schema.
     """
-    for chunk in _iter_chunks(paths, chunk_rows, labelled):
+    for chunk in _iter_chunks(paths, chunk_rows, labelled, extra):
         yield _to_traffic(chunk)
 
 
-class _Dedupe:
-    """First-occurrence filter over all rows seen so far, on 64-bit row hashes."""
-
-    def __init__(self) -> None:
-        self.seen = np.zeros(0, dtype=np.uint64)  # sorted
-
-    def first_seen(self, hashes: npt.NDArray[np.uint64]) -> npt.NDArray[np.bool_]:
-        unique, first = np.unique(hashes, return_index=True)
-        pos = np.searchsorted(self.seen, unique)
-        new = pos >= len(self.seen)
-        new[~new] = self.seen[pos[~new]] != unique[~new]
-        keep = np.zeros(len(hashes), dtype=bool)
-        keep[first[new]] = True
-        # Two sorted runs: timsort ("stable") merges them in linear time.
-        self.seen = np.sort(np.concatenate((self.seen, unique[new])), kind="stable")
-        return keep
-
-
-class _Rows:
-    """Growable (n, N_FEATURES) float32 buffer.
-
-    ``ndarray.resize`` reallocs in place (mremap for large blocks on Linux), so growing
-    never holds two copies of the matrix, unlike collecting chunks and concatenating.
-    """
-
-    def __init__(self) -> None:
-        self.array = np.zeros((0, N_FEATURES), dtype=np.float32)
-        self.n = 0
-
-    def append(self, rows: npt.NDArray[np.float32]) -> None:
-        k = len(rows)
-        if self.n + k > len(self.array):
-            self.array.resize((self.n + k, N_FEATURES), refcheck=False)
-        self.array[self.n : self.n + k] = rows
-        self.n += k
-
-    def result(self) -> npt.NDArray[np.float32]:
-        self.array.resize((self.n, N_FEATURES), refcheck=False)
-        return self.array
-
-
 def load_traffic(
-    paths: Paths, *, dedupe: bool = True, chunk_rows: int = 100_000, labelled: bool = True
+    paths: Paths, *, dedupe: bool = True, chunk_rows: int = 100_000, labelled: bool = True,
+    extra: ExtraFeatures | None = None,
 ) -> Traffic:
     """Read, encode and (by default) deduplicate one or more CSVs into one ``Traffic``.
 
-    Duplicates are rows whose encodings (features, label, type) are byte-identical, so
+    Duplicates are rows whose packet encodings (features, label, type) are byte-identical, so
     empty-value spellings and dropped identifier columns do not make rows distinct; the
-    first occurrence is kept. See ``iter_traffic`` for the parameters.
+    first occurrence is kept. An ``extra`` stage sees every valid row, duplicates included
+    (they are traffic), and its columns do not make rows distinct. See ``iter_traffic`` for
+    the parameters.
     """
-    features = _Rows()
+    features = RowBuffer(feature_width(extra))
     labels, types, index = [], [], []
     rejected = _no_rejects()
     rows_read = 0
-    seen = _Dedupe()
-    for chunk in _iter_chunks(paths, chunk_rows, labelled):
+    seen = FirstSeen()
+    for chunk in _iter_chunks(paths, chunk_rows, labelled, extra):
         rows_read += chunk.rows_read
         for reason, count in chunk.rejected.items():
             rejected[reason] += count
         if dedupe and len(chunk.labels):
-            keep = seen.first_seen(row_hashes(chunk.features, chunk.labels, chunk.type_codes))
+            packet = chunk.features[:, :N_FEATURES]
+            keep = seen.first_seen(row_hashes(packet, chunk.labels, chunk.type_codes))
             rejected[REJECT_REASONS[DUPLICATE - 1]] += int((~keep).sum())
             chunk.features, chunk.labels = chunk.features[keep], chunk.labels[keep]
             chunk.type_codes, chunk.row_index = chunk.type_codes[keep], chunk.row_index[keep]
@@ -288,7 +269,7 @@ def load_traffic(
         index.append(chunk.row_index)
         del chunk
     if not labels:
-        return Traffic.empty()
+        return Traffic.empty(feature_width(extra))
     type_codes = np.concatenate(types)
     return Traffic(
         features=features.result(),

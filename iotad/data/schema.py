@@ -36,6 +36,12 @@ DROPPED_COLUMNS: tuple[str, ...] = (
     "udp.port", "mqtt.msg",
 )
 
+# Identifiers the window stage keys its statistics by (and takes time deltas from); never features.
+STREAM_COLUMNS: tuple[str, ...] = (
+    "frame.time", "ip.src_host", "ip.dst_host", "arp.src.proto_ipv4", "arp.dst.proto_ipv4",
+    "tcp.srcport", "tcp.dstport", "udp.port", "udp.stream",
+)
+
 # Fixed vocabularies: every device one-hot encodes identically without seeing the
 # others' data. Values outside the vocabulary fall into an "other" bucket; an empty
 # field encodes as all zeros.

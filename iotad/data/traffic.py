@@ -6,8 +6,9 @@ pay for importing it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -39,10 +40,10 @@ class Traffic:
         return len(self.labels)
 
     @staticmethod
-    def empty() -> Traffic:
+    def empty(n_features: int = N_FEATURES) -> Traffic:
         """No rows."""
         return Traffic(
-            features=np.zeros((0, N_FEATURES), dtype=np.float32),
+            features=np.zeros((0, n_features), dtype=np.float32),
             labels=np.zeros(0, dtype=np.int8),
             attack_types=np.zeros(0, dtype=object),
             row_index=np.zeros(0, dtype=np.int64),
@@ -77,3 +78,23 @@ class Traffic:
             rejected=dict(self.rejected),
             rows_read=self.rows_read,
         )
+
+
+class ExtraFeatures(Protocol):
+    """A stage that appends columns computed over a stream of rows (the window statistics of
+    :mod:`iotad.features`), handed in by a caller above this package.
+
+    It sees the kept rows of each block in file order, with their raw :data:`STREAM_COLUMNS`
+    and packet features, before deduplication; ``start_stream`` is called at every file.
+    """
+
+    names: tuple[str, ...]
+
+    def start_stream(self) -> None: ...
+
+    def __call__(self, keys: Mapping[str, np.ndarray], packet: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]: ...
+
+
+def feature_width(extra: ExtraFeatures | None) -> int:
+    """Columns of the rows the loader yields with ``extra``."""
+    return N_FEATURES + (len(extra.names) if extra is not None else 0)

@@ -36,6 +36,7 @@ from iotad.data.schema import REJECT_REASONS
 from iotad.edge.inference import Scorer
 from iotad.edge.reload import BundleWatcher, Loader, load_numpy_detector
 from iotad.edge.sources import RawBlock, ReplaySource, Source
+from iotad.features.sets import WindowStage, feature_set_of, stage_for
 from iotad.telemetry.device import DeviceTelemetry
 
 log = logging.getLogger(__name__)
@@ -63,10 +64,12 @@ class EncodedBlock:
     rejected: dict[str, int]
 
 
-def encode_block(block: RawBlock) -> EncodedBlock:
+def encode_block(block: RawBlock, windows: WindowStage | None = None) -> EncodedBlock:
     """Raw lines -> encoded rows, exactly as the loader does it for a file chunk (no deduplication:
-    live traffic repeats itself legitimately)."""
-    traffic = encode_lines(block.data, block.header, labelled=block.labelled)
+    live traffic repeats itself legitimately); with ``windows``, its statistics continue the stream."""
+    if windows is not None and block.new_stream:
+        windows.start_stream()
+    traffic = encode_lines(block.data, block.header, labelled=block.labelled, extra=windows)
     types = traffic.attack_types if block.labelled else None
     return EncodedBlock(traffic.features, types, traffic.rows_read, traffic.rejected)
 
@@ -120,6 +123,9 @@ class Agent:
         self.idle_sleep = idle_sleep
         self.keep_latencies = keep_latencies
         self.detector: Scorer | None = None
+        self.windows: WindowStage | None = None  # the stream's window state: survives model reloads
+        self._feature_set: str | None = None
+        self._window_seen = (0, 0, 0)
         self.stats = AgentStats()
         self.stop_event = threading.Event()
         self._watch_thread: threading.Thread | None = None
@@ -134,6 +140,9 @@ class Agent:
             return False
         assert det.threshold is not None
         first = self.detector is None
+        feature_set = feature_set_of(det.feature_names or ())
+        if feature_set != self._feature_set:  # only a model on other features restarts the window state
+            self.windows, self._feature_set = stage_for(feature_set), feature_set
         self.detector = det  # one reference assignment: the scoring loop sees old or new, never half
         self.stats.reloads += 1
         self.stats.model_round = det.round
@@ -162,7 +171,8 @@ class Agent:
         det = self.detector
         assert det is not None
         t0 = time.perf_counter()
-        enc = encode_block(block)
+        enc = encode_block(block, self.windows)
+        self._record_windows()
         self.stats.rows += enc.rows
         if any(enc.rejected.values()):
             self.telemetry.rejected(enc.rejected)
@@ -181,6 +191,17 @@ class Agent:
             self.stats.latencies.append(seconds)
             del self.stats.latencies[: -self.keep_latencies]
         return len(scores)
+
+    def _record_windows(self) -> None:
+        if self.windows is None:
+            return
+        state = self.windows.state
+        c = state.counters
+        now = (sum(c.evicted.values()), c.clamped, c.bad_time)
+        evicted, clamped, bad = (a - b for a, b in zip(now, self._window_seen, strict=True))
+        self._window_seen = now
+        self.telemetry.windows(evicted=evicted, tracked=sum(state.tracked().values()), clamped=clamped,
+                               bad_time=bad)
 
     def step(self) -> bool:
         """Score one block if a model and rows are there; False when idle."""

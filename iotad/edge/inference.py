@@ -20,7 +20,8 @@ import numpy as np
 
 from iotad.core.bundle import Bundle, BundleError
 from iotad.core.bundle_read import read_bundle
-from iotad.core.preprocessing import ResidualScale, Scaler
+from iotad.core.normalisation import AnyScaler
+from iotad.core.preprocessing import ResidualScale
 from iotad.core.shapes import weights_mismatch
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,9 @@ class NumpyDetector:
         problem = weights_mismatch(bundle.arrays, bundle.n_features, bundle.hidden, bundle.members)
         if problem:
             raise BundleError(f"{bundle.directory}: weights do not fit the model: {problem}")
+        if bundle.scaler is None:
+            raise BundleError(f"{bundle.directory}: no scaler: a federation's global bundle under per-device "
+                              "normalisation cannot score; a device scores with its own bundle")
         # Weights transposed once to (in, out), contiguous: a batch is then x @ w + b per layer.
         layers = [
             (np.ascontiguousarray(w.T, dtype=np.float32), np.asarray(b, dtype=np.float32))
@@ -79,7 +83,7 @@ class NumpyDetector:
         self.n_features = bundle.n_features
         self.feature_names: list[str] | None = bundle.feature_names
         self.hidden = bundle.hidden
-        self.scaler: Scaler = bundle.scaler
+        self.scaler: AnyScaler = bundle.scaler
         self.residual_scale: ResidualScale | None = bundle.residual_scale
         self._feature_weights = None if bundle.residual_scale is None else bundle.residual_scale.weights
         self.threshold: float | None = bundle.threshold

@@ -8,18 +8,23 @@ from collections.abc import Callable
 from pathlib import Path
 
 from iotad.core.bundle import BundleError
-from iotad.data.schema import FEATURE_NAMES
 from iotad.edge.inference import NumpyDetector, Scorer
+from iotad.features.sets import feature_set_of
 
 log = logging.getLogger(__name__)
 
-#: Loads a bundle directory for scoring (checked against the schema's features).
+#: Loads a bundle directory for scoring (its features must be a feature set this version computes).
 Loader = Callable[[Path], Scorer]
 
 
 def load_numpy_detector(model_dir: Path) -> Scorer:
-    """The agent's loader: the torch-free :class:`NumpyDetector`, checked against the schema's features."""
-    return NumpyDetector.load(model_dir, feature_names=FEATURE_NAMES)
+    """The agent's loader: the torch-free :class:`NumpyDetector`, whose features must be a known feature set."""
+    det = NumpyDetector.load(model_dir)
+    try:
+        feature_set_of(det.feature_names or ())
+    except ValueError as e:
+        raise BundleError(f"{model_dir}: {e}") from e
+    return det
 
 
 class BundleWatcher:

@@ -24,10 +24,15 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class RawBlock:
-    """Complete CSV lines (each ends with ``\\n``) of one file whose header is ``header``."""
+    """Complete CSV lines (each ends with ``\\n``) of one file whose header is ``header``.
+
+    ``new_stream``: the lines start a new capture (a replay that starts over, a replaced file), so
+    window statistics must not carry over from the previous lines.
+    """
 
     data: bytes
     header: list[str]
+    new_stream: bool = False
 
     @property
     def labelled(self) -> bool:
@@ -104,6 +109,7 @@ class ReplaySource:
         elif only_normal:  # malformed rows stay in: they are counted and skipped like live ones
             self.order = np.setdiff1d(self.order, self.attack_rows, assume_unique=True)
         self._pos = 0
+        self._restarted = True  # the first block starts the stream
         self._burst_pos = 0
         self._pending_burst = 0
         self._lock = threading.Lock()
@@ -141,6 +147,10 @@ class ReplaySource:
             if pos >= len(order):
                 if not self.loop:
                     break
+                if order is self.order:
+                    if out:  # a new pass starts a new stream: in the next block
+                        break
+                    self._restarted = True
                 pos = 0
             k = min(n - len(out), len(order) - pos)
             out.extend(order[pos : pos + k].tolist())
@@ -176,8 +186,11 @@ class ReplaySource:
             else:
                 n = max_rows
             rows, self._pos = self._take(self.order, self._pos, n)
-            self._emitted += n
-        return RawBlock(b"".join(self.lines[i] for i in rows), self.header) if rows else None
+            restarted, self._restarted = self._restarted, False
+            self._emitted += len(rows)
+        if not rows:
+            return None
+        return RawBlock(b"".join(self.lines[i] for i in rows), self.header, new_stream=restarted)
 
     def close(self) -> None:
         pass

@@ -31,6 +31,7 @@ class TailSource:
         self._fh: IO[bytes] | None = None
         self._ino: int | None = None
         self._opened_once = False
+        self._new_stream = False
         self.header: list[str] = []
         self._header_line = b""
         self._buf = b""
@@ -53,6 +54,7 @@ class TailSource:
             fh.seek(0, os.SEEK_END)
         self._fh, self._ino, self._opened_once = fh, st.st_ino, True
         self._buf = b""
+        self._new_stream = True  # a new (or replaced) file is a new capture for the window statistics
         return True
 
     def _read_header(self, fh: IO[bytes], sig: tuple[int, int]) -> bool:
@@ -127,7 +129,8 @@ class TailSource:
         if not self._lines:
             return None
         take, self._lines = self._lines[:max_rows], self._lines[max_rows:]
-        return RawBlock(b"".join(take), list(self.header))
+        new_stream, self._new_stream = self._new_stream, False
+        return RawBlock(b"".join(take), list(self.header), new_stream=new_stream)
 
     def close(self) -> None:
         if self._fh is not None:

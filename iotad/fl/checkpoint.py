@@ -28,9 +28,9 @@ import numpy as np
 from iotad.core.bundle import bundle_from_weights, save_bundle
 from iotad.core.bundle_read import read_bundle
 from iotad.core.evaluation import ClassHistograms
-from iotad.core.preprocessing import ResidualScale, Scaler
+from iotad.core.normalisation import AnyScaler
+from iotad.core.preprocessing import ResidualScale
 from iotad.core.shapes import DEFAULT_DROPOUT, DEFAULT_HIDDEN
-from iotad.data.schema import FEATURE_NAMES
 
 
 @dataclass
@@ -51,12 +51,16 @@ class RoundRecord:
 
 @dataclass
 class Checkpoint:
+    """The global state after a round. ``scaler`` and ``residual`` are None under per-device normalisation
+    (each device's bundle carries its own)."""
+
     round: int
     weights: list[np.ndarray]
-    scaler: Scaler
+    scaler: AnyScaler | None
     threshold: float
     quantile: float
     residual: ResidualScale | None = None
+    feature_names: tuple[str, ...] = ()
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
@@ -76,7 +80,8 @@ class CheckpointStore:
         self.root.mkdir(parents=True, exist_ok=True)
         bundle = save_bundle(self.bundle_dir(ckpt.round), bundle_from_weights(
             ckpt.weights, ckpt.scaler, ckpt.threshold, hidden=DEFAULT_HIDDEN, dropout=DEFAULT_DROPOUT,
-            quantile=ckpt.quantile, round=ckpt.round, feature_names=FEATURE_NAMES, metadata={"source": "federated"},
+            quantile=ckpt.quantile, round=ckpt.round, feature_names=ckpt.feature_names or None,
+            metadata={"source": "federated", "normalisation": "global" if ckpt.scaler is not None else "local"},
             residual_scale=ckpt.residual,
         ))
         write_json_atomic(self.root / "eval_histograms.json", histograms.to_dict())
@@ -89,9 +94,10 @@ class CheckpointStore:
             server_round = int(json.loads((self.root / "latest.json").read_text())["round"])
         except FileNotFoundError:
             return None
-        b = read_bundle(self.bundle_dir(server_round), feature_names=FEATURE_NAMES)  # checks the weights' shapes
+        b = read_bundle(self.bundle_dir(server_round))  # checks the weights' shapes
         assert b.threshold is not None
-        return Checkpoint(server_round, list(b.arrays), b.scaler, b.threshold, b.quantile, b.residual_scale)
+        return Checkpoint(server_round, list(b.arrays), b.scaler, b.threshold, b.quantile, b.residual_scale,
+                          tuple(b.feature_names or ()))
 
     def histograms(self) -> ClassHistograms:
         return ClassHistograms.from_dict(json.loads((self.root / "eval_histograms.json").read_text()))

@@ -17,9 +17,12 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from iotad.core import local_steps
+from iotad.core.normalisation import AnyScaler
+from iotad.core.preprocessing import ResidualScale
 from iotad.core.train import TrainConfig
 from iotad.data.device import load_device_splits
 from iotad.data.splits import Splits
+from iotad.features.sets import DEFAULT_FEATURE_SET, feature_names, stage_for
 from iotad.fl.records import (
     config_float,
     config_int,
@@ -70,7 +73,35 @@ def _splits(msg: Message, context: Context) -> Splits:
         device_data(context, config),
         seed=config_int(config, "split-seed", 0),
         cache_dir=Path(str(cache)) if cache else Path.home() / ".cache" / "iotad",
+        extra=stage_for(_feature_set(config)),
     )
+
+
+def _feature_set(config: ConfigRecord) -> str:
+    return str(config.get("feature-set", DEFAULT_FEATURE_SET))
+
+
+def _normaliser(
+    config: ConfigRecord, splits: Splits, weights: list | None = None
+) -> tuple[AnyScaler, ResidualScale | None]:
+    """Scaler and residual scale: the federation's merged ones (global normalisation) or, when the server
+    sends none, the device's own, fitted on its normal training rows (the residual scale under ``weights``)."""
+    scaler = scaler_from_config(config)
+    if scaler is not None:
+        return scaler, residual_from_config(config)
+    scaler = local_steps.local_scaler(splits)
+    residual = None if weights is None else local_steps.residual_stats(splits, weights, scaler)
+    return scaler, residual
+
+
+def _model_dir(context: Context, config: ConfigRecord) -> Path | None:
+    """Where the device keeps its bundle: the node's ``model-dir`` or ``$IOTAD_MODEL_DIR``; in a simulation
+    ``device-model-root``/<device>/model."""
+    model_dir = context.node_config.get("model-dir") or os.environ.get("IOTAD_MODEL_DIR")
+    if model_dir:
+        return Path(str(model_dir))
+    root = config.get("device-model-root")
+    return Path(str(root)) / device_name(context) / "model" if root else None
 
 
 def _reply(msg: Message, metrics: MetricRecord, arrays: ArrayRecord | None = None) -> Message:
@@ -105,7 +136,7 @@ def train(msg: Message, context: Context) -> Message:
         schedule_parts=rounds,
     )
     weights, result = local_steps.train(
-        splits, msg.content.array_records["arrays"].to_numpy_ndarrays(), scaler_from_config(config), cfg
+        splits, msg.content.array_records["arrays"].to_numpy_ndarrays(), _normaliser(config, splits)[0], cfg
     )
     metrics = MetricRecord(
         {
@@ -124,8 +155,9 @@ def residual_stats(msg: Message, context: Context) -> Message:
     """Per-feature squared residuals of the global model on local normal training rows."""
     config = msg.content.config_records["config"]
     weights = msg.content.array_records["arrays"].to_numpy_ndarrays()
+    splits = _splits(msg, context)
     return _reply(msg, residual_to_metrics(
-        local_steps.residual_stats(_splits(msg, context), weights, scaler_from_config(config))
+        local_steps.residual_stats(splits, weights, _normaliser(config, splits)[0])
     ))
 
 
@@ -133,10 +165,9 @@ def residual_stats(msg: Message, context: Context) -> Message:
 def calibrate(msg: Message, context: Context) -> Message:
     """Histogram of the global model's scores on held-out normal rows."""
     config = msg.content.config_records["config"]
-    hist = local_steps.calibration_histogram(
-        _splits(msg, context), msg.content.array_records["arrays"].to_numpy_ndarrays(),
-        scaler_from_config(config), residual_from_config(config),
-    )
+    splits = _splits(msg, context)
+    weights = msg.content.array_records["arrays"].to_numpy_ndarrays()
+    hist = local_steps.calibration_histogram(splits, weights, *_normaliser(config, splits, weights))
     return _reply(msg, MetricRecord({"num-examples": int(hist.sum()), "hist.calibration": [int(v) for v in hist]}))
 
 
@@ -147,19 +178,21 @@ def evaluate(msg: Message, context: Context) -> Message:
     t0 = time.monotonic()
     config = msg.content.config_records["config"]
     weights = msg.content.array_records["arrays"].to_numpy_ndarrays()
-    scaler = scaler_from_config(config)
+    splits = _splits(msg, context)
+    scaler, residual = _normaliser(config, splits, weights)
     threshold = config_float(config, "threshold")
-    residual = residual_from_config(config)
-    local = local_steps.evaluate(_splits(msg, context), weights, scaler, threshold, residual)
+    local = local_steps.evaluate(splits, weights, scaler, threshold, residual)
     metrics = MetricRecord({"num-examples": local.confusion.n_normal + local.confusion.n_attack})
     confusion_to_metrics(local.confusion, metrics)
     histograms_to_metrics(local.histograms, metrics)
-    model_dir = context.node_config.get("model-dir") or os.environ.get("IOTAD_MODEL_DIR")
-    if model_dir:
-        # Hand the complete global bundle to the device agent, which hot-reloads it.
+    model_dir = _model_dir(context, config)
+    if model_dir is not None:
+        # Hand the device's complete bundle (global weights and threshold, its own or the merged
+        # normalisation) to its agent, which hot-reloads it.
         local_steps.save_global_bundle(
-            Path(str(model_dir)), weights, scaler, threshold, config_int(config, "server-round", 0),
+            model_dir, weights, scaler, threshold, config_int(config, "server-round", 0),
             quantile=config_float(config, "quantile", 0.99), residual=residual,
+            feature_names=feature_names(_feature_set(config)),
         )
     telemetry.evaluated(seconds=time.monotonic() - t0)
     return _reply(msg, metrics)

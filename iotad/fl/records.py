@@ -14,7 +14,8 @@ import numpy as np
 from flwr.app import ConfigRecord, MetricRecord
 
 from iotad.core.evaluation import ClassHistograms, Confusion
-from iotad.core.preprocessing import FeatureStats, ResidualScale, Scaler
+from iotad.core.normalisation import AnyScaler, scaler_from_dict
+from iotad.core.preprocessing import FeatureStats, ResidualScale
 
 HIST_PREFIX = "hist."
 CONFUSION_KEYS = ("tp", "fp", "tn", "fn")
@@ -71,12 +72,14 @@ def residual_from_config(config: Mapping[str, Any]) -> ResidualScale | None:
     return None if text is None else ResidualScale.from_dict(json.loads(str(text)))
 
 
-def scaler_to_config(scaler: Scaler, config: ConfigRecord) -> None:
+def scaler_to_config(scaler: AnyScaler, config: ConfigRecord) -> None:
     config["scaler-json"] = json.dumps(scaler.to_dict())
 
 
-def scaler_from_config(config: Mapping[str, Any]) -> Scaler:
-    return Scaler.from_dict(json.loads(str(config["scaler-json"])))
+def scaler_from_config(config: Mapping[str, Any]) -> AnyScaler | None:
+    """The federation's merged scaler (global normalisation), or None: each device fits its own."""
+    text = config.get("scaler-json")
+    return None if text is None else scaler_from_dict(json.loads(str(text)))
 
 
 def histograms_to_metrics(h: ClassHistograms, record: MetricRecord) -> None:

@@ -27,26 +27,25 @@ from iotad.telemetry.federation import AggregatorTelemetry
 log = logging.getLogger(__name__)
 
 
-# argv: seed members out.npz. Published results depend on these bits (the centralised baseline seeds its
-# model the same way, iotad.core.centralized).
+# argv: n_features seed members out.npz. Published results depend on these bits (the centralised baseline
+# seeds its model the same way, iotad.core.centralized).
 _INIT_WEIGHTS = """
 import sys
 
 import numpy as np
 
-from iotad.data.schema import N_FEATURES
 from iotad.core.train import seeded_weights
 
-seed, members, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
-weights = seeded_weights(N_FEATURES, seed, members)
+n_features, seed, members, out = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+weights = seeded_weights(n_features, seed, members)
 np.savez(out, **{f"w{i:03d}": w for i, w in enumerate(weights)})
 """
 INIT_TIMEOUT = 600.0  # s; importing torch took 12.6 s on emulated arm64
 
 
-def initial_weights(seed: int, members: int) -> list[np.ndarray]:
+def initial_weights(seed: int, members: int, n_features: int) -> list[np.ndarray]:
     """The initial global model: :func:`iotad.core.train.seeded_weights` (float32 ``state_dict`` arrays of a new
-    ``Autoencoder(N_FEATURES, members=members)`` after ``torch.manual_seed(seed)``).
+    ``Autoencoder(n_features, members=members)`` after ``torch.manual_seed(seed)``).
 
     Computed by a child interpreter that exits right after, so torch's memory is returned instead of being held
     by this process for the whole run; the arrays travel in an .npz (exact bits).
@@ -58,7 +57,8 @@ def initial_weights(seed: int, members: int) -> list[np.ndarray]:
     )
     with tempfile.TemporaryDirectory(prefix="iotad-init-") as tmp:
         out = Path(tmp) / "weights.npz"
-        proc = subprocess.run([sys.executable, "-c", _INIT_WEIGHTS, str(int(seed)), str(int(members)), str(out)],
+        argv = [str(int(n_features)), str(int(seed)), str(int(members)), str(out)]
+        proc = subprocess.run([sys.executable, "-c", _INIT_WEIGHTS, *argv],
                               env=env, capture_output=True, text=True, timeout=INIT_TIMEOUT)
         if proc.returncode:
             raise RuntimeError(f"computing the initial weights failed (exit {proc.returncode}): {proc.stderr[-2000:]}")
@@ -86,7 +86,8 @@ def make_server_app(overrides: dict[str, Any] | None = None) -> ServerApp:
             telemetry.evaluated(record.metrics)
 
         history = FederatedTraining(
-            grid, cfg, store, initial_weights=lambda: initial_weights(cfg.model_seed, cfg.members), on_round=publish
+            grid, cfg, store, on_round=publish,
+            initial_weights=lambda: initial_weights(cfg.model_seed, cfg.members, len(cfg.feature_names)),
         ).run()
         if history:
             last = history[-1]

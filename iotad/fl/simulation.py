@@ -15,8 +15,10 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from iotad.core.normalisation import LOCAL
 from iotad.core.runs import data_kind, device_dirs, write_run
 from iotad.core.shapes import DEFAULT_MEMBERS
+from iotad.features.sets import DEFAULT_FEATURE_SET
 from iotad.fl.checkpoint import CheckpointStore
 
 
@@ -33,12 +35,16 @@ def simulate(
     seed: int = 0,
     members: int = DEFAULT_MEMBERS,
     split_seed: int | None = None,
+    feature_set: str = DEFAULT_FEATURE_SET,
+    normalisation: str = LOCAL,
     extra_config: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run ``rounds`` federated rounds over the device folders in ``data``; returns the final metrics.
 
     ``seed`` fixes the initial weights and the devices' shuffling, ``split_seed`` (default: ``seed``) each
     device's train / calibration / evaluation split, as in :func:`iotad.core.centralized.run_centralized`.
+    Each virtual device writes its own complete bundle to ``OUT/devices/device-<k>/model``; ``OUT/model`` is
+    the global bundle (under per-device normalisation: the shared weights and threshold only).
     """
     found = device_dirs(data)
     n = devices or len(found)
@@ -57,6 +63,9 @@ def simulate(
         "split-seed": seed if split_seed is None else split_seed,
         "model-seed": seed,
         "members": members,
+        "feature-set": feature_set,
+        "normalisation": normalisation,
+        "device-model-root": str((out / "devices").resolve()),
         "data-dir": str(Path(data).resolve()),
         "checkpoint-dir": str((out / "checkpoints").resolve()),
         "resume": False,
@@ -96,5 +105,6 @@ def simulate(
         histograms=store.histograms(),
         bundle_dir=store.bundle_dir(latest.round),
         extra={"strategy": strategy, "devices": n, "rounds": rounds, "fraction": fraction, "members": members,
-               "seed": seed, "split_seed": overrides["split-seed"], "seconds": seconds},
+               "seed": seed, "split_seed": overrides["split-seed"], "feature_set": feature_set,
+               "normalisation": normalisation, "seconds": seconds},
     )

@@ -25,9 +25,11 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, FedMedian, FedProx, FedTrimmedAvg, Krum
 
 from iotad.core.evaluation import ClassHistograms, metrics_from_histograms
+from iotad.core.normalisation import GLOBAL, LOCAL, AnyScaler, check_normalisation
 from iotad.core.preprocessing import FeatureStats, ResidualScale, Scaler
 from iotad.core.shapes import DEFAULT_MEMBERS
 from iotad.core.threshold import threshold_from_histogram
+from iotad.features.sets import DEFAULT_FEATURE_SET, feature_names
 from iotad.fl.checkpoint import Checkpoint, CheckpointStore, RoundRecord
 from iotad.fl.records import (
     config_float,
@@ -63,7 +65,10 @@ class FederationConfig:
     split_seed: int = 0
     model_seed: int = 0
     members: int = DEFAULT_MEMBERS
+    feature_set: str = DEFAULT_FEATURE_SET
+    normalisation: str = LOCAL
     data_dir: str = ""
+    device_model_root: str = ""  # simulation: devices write their bundles to ROOT/<device>/model
     checkpoint_dir: str = "runs/federated"
     resume: bool = True
     round_timeout: float = 900.0
@@ -80,7 +85,13 @@ class FederationConfig:
         cfg = cls(**kwargs)
         if cfg.strategy not in STRATEGIES:
             raise ValueError(f"unknown strategy {cfg.strategy!r}; choose one of {', '.join(STRATEGIES)}")
+        check_normalisation(cfg.normalisation)
+        feature_names(cfg.feature_set)  # validates
         return cfg
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        return feature_names(self.feature_set)
 
 
 def make_strategy(cfg: FederationConfig) -> FedAvg:
@@ -170,7 +181,7 @@ class FederatedTraining:
         self.on_round = on_round
 
     # -- messaging -------------------------------------------------------------------
-    def _config(self, scaler: Scaler, server_round: int, **extra: Any) -> ConfigRecord:
+    def _config(self, scaler: AnyScaler | None, server_round: int, **extra: Any) -> ConfigRecord:
         config = ConfigRecord(
             {
                 "server-round": server_round,
@@ -181,12 +192,17 @@ class FederatedTraining:
                 "learning-rate": self.cfg.learning_rate,
                 "quantile": self.cfg.quantile,
                 "split-seed": self.cfg.split_seed,
+                "feature-set": self.cfg.feature_set,
+                "normalisation": self.cfg.normalisation,
                 **extra,
             }
         )
         if self.cfg.data_dir:
             config["data-dir"] = self.cfg.data_dir
-        scaler_to_config(scaler, config)
+        if self.cfg.device_model_root:
+            config["device-model-root"] = self.cfg.device_model_root
+        if scaler is not None:  # global normalisation: the merged scaler travels; local: each device fits its own
+            scaler_to_config(scaler, config)
         return config
 
     def _query_all(self, action: str, content: RecordDict, node_ids: Iterable[int]) -> list[Message]:
@@ -204,7 +220,7 @@ class FederatedTraining:
     def federated_scaler(self) -> Scaler:
         """Phase 0: merge every device's feature statistics into the global scaler."""
         nodes = self._wait_for_nodes()
-        config = ConfigRecord({"split-seed": self.cfg.split_seed})
+        config = ConfigRecord({"split-seed": self.cfg.split_seed, "feature-set": self.cfg.feature_set})
         if self.cfg.data_dir:
             config["data-dir"] = self.cfg.data_dir
         replies = self._query_all("feature_stats", RecordDict({"config": config}), nodes)
@@ -212,7 +228,7 @@ class FederatedTraining:
             raise RuntimeError(f"only {len(replies)} devices sent feature statistics; need {self.cfg.min_nodes}")
         return Scaler.from_stats(FeatureStats.merge_all([stats_from_metrics(_metrics(r)) for r in replies]))
 
-    def residual_scale(self, arrays: ArrayRecord, scaler: Scaler, server_round: int) -> ResidualScale:
+    def residual_scale(self, arrays: ArrayRecord, scaler: AnyScaler, server_round: int) -> ResidualScale:
         """Merge the devices' per-feature residual statistics: the weights of the anomaly score."""
         nodes = self._wait_for_nodes()
         content = RecordDict({"arrays": arrays, "config": self._config(scaler, server_round)})
@@ -222,12 +238,13 @@ class FederatedTraining:
         return ResidualScale.merge_all([residual_from_metrics(_metrics(r)) for r in replies])
 
     def calibrate(
-        self, arrays: ArrayRecord, scaler: Scaler, residual: ResidualScale, server_round: int
+        self, arrays: ArrayRecord, scaler: AnyScaler | None, residual: ResidualScale | None, server_round: int
     ) -> tuple[float, int]:
         """Merge the devices' calibration histograms; the threshold is their quantile."""
         nodes = self._wait_for_nodes()
         config = self._config(scaler, server_round)
-        residual_to_config(residual, config)
+        if residual is not None:
+            residual_to_config(residual, config)
         replies = self._query_all("calibrate", RecordDict({"arrays": arrays, "config": config}), nodes)
         hists = [np.asarray(_metrics(r)["hist.calibration"]) for r in replies]
         if not hists:
@@ -235,11 +252,13 @@ class FederatedTraining:
         return threshold_from_histogram(np.sum(hists, axis=0), self.cfg.quantile), len(replies)
 
     def evaluate(
-        self, arrays: ArrayRecord, scaler: Scaler, residual: ResidualScale, threshold: float, server_round: int
+        self, arrays: ArrayRecord, scaler: AnyScaler | None, residual: ResidualScale | None, threshold: float,
+        server_round: int,
     ) -> tuple[dict[str, Any], ClassHistograms]:
         """Global metrics from merged per-class histograms; devices also keep the bundle."""
         config = self._config(scaler, server_round, threshold=threshold)
-        residual_to_config(residual, config)
+        if residual is not None:
+            residual_to_config(residual, config)
         messages = self.strategy.configure_evaluate(server_round, arrays, config, self.grid)
         replies = [
             r for r in self.grid.send_and_receive(messages, timeout=self.cfg.round_timeout) if not r.has_error()
@@ -262,9 +281,13 @@ class FederatedTraining:
         latest = self.store.latest() if self.cfg.resume else None
         if latest is not None:
             log.info("resuming from the round %d checkpoint", latest.round)
+            if latest.feature_names and latest.feature_names != self.cfg.feature_names:
+                raise RuntimeError(f"the checkpoint in {self.store.root} was trained on other features than "
+                                   f"feature-set {self.cfg.feature_set!r}: remove it or set resume = false")
             weights, scaler, start, history = latest.weights, latest.scaler, latest.round, self.store.history()
         else:
-            scaler = self.federated_scaler()
+            # Global normalisation merges the devices' statistics into one scaler first; local needs none here.
+            scaler = self.federated_scaler() if self.cfg.normalisation == GLOBAL else None
             weights, start, history = self.initial_weights(), 0, []
         arrays = ArrayRecord.from_numpy_ndarrays(weights)
 
@@ -278,7 +301,7 @@ class FederatedTraining:
             if aggregated is None:
                 raise RuntimeError(f"round {server_round}: no usable update (rejected: {dict(rejected)})")
             arrays = aggregated
-            residual = self.residual_scale(arrays, scaler, server_round)
+            residual = self.residual_scale(arrays, scaler, server_round) if scaler is not None else None
             threshold, _ = self.calibrate(arrays, scaler, residual, server_round)
             metrics, histograms = self.evaluate(arrays, scaler, residual, threshold, server_round)
             record = RoundRecord(
@@ -294,7 +317,8 @@ class FederatedTraining:
             )
             history.append(record)
             self.store.save(
-                Checkpoint(server_round, arrays.to_numpy_ndarrays(), scaler, threshold, self.cfg.quantile, residual),
+                Checkpoint(server_round, arrays.to_numpy_ndarrays(), scaler, threshold, self.cfg.quantile, residual,
+                           self.cfg.feature_names),
                 history,
                 histograms,
             )

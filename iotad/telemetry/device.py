@@ -59,6 +59,13 @@ EDGE_SPECS: tuple[MetricSpec, ...] = (
        "Time to preprocess and score one batch of flows.", _D, _AG, LATENCY_BUCKETS),
     _c("rejected_rows", "iotad_edge_rejected_rows_total", "Input rows rejected before scoring, by reason.",
        (*_D, "reason"), _AG),
+    _c("window_evictions", "iotad_edge_window_evicted_keys_total",
+       "Tracked hosts, pairs or connections dropped from the full window tables (stalest first).", _D, _AG),
+    _g("window_keys", "iotad_edge_window_tracked_keys", "Hosts, pairs and connections the window tables track.",
+       _D, _AG),
+    _c("window_clock_fixes", "iotad_edge_window_clock_fixed_rows_total",
+       "Rows whose capture time was held at the previous one: clamped (went backwards) or bad_time "
+       "(unreadable).", (*_D, "reason"), _AG),
 )
 
 
@@ -81,6 +88,9 @@ class EdgeMetrics(MetricFamilies):
     anomaly_score: Histogram
     detection_latency: Histogram
     rejected_rows: Counter
+    window_evictions: Counter
+    window_keys: Gauge
+    window_clock_fixes: Counter
 
 
 #: ``edge_metrics(registry=None)``: the device metrics in ``registry`` (default: the global one), once each.
@@ -190,6 +200,14 @@ class DeviceTelemetry:
                 if name:
                     m.labelled_flows.labels(device=d, attack_type=name).inc(int(n))
                     m.labelled_anomalous_flows.labels(device=d, attack_type=name).inc(int(k))
+
+    def windows(self, *, evicted: int, tracked: int, clamped: int, bad_time: int) -> None:
+        """Record the window stage's state after a batch: new evictions and clock fixes, keys tracked."""
+        m, d = self.metrics, self.device
+        m.window_evictions.labels(device=d).inc(evicted)
+        m.window_keys.labels(device=d).set(tracked)
+        for reason, n in (("clamped", clamped), ("bad_time", bad_time)):
+            m.window_clock_fixes.labels(device=d, reason=reason).inc(n)
 
     def rejected(self, counts: Mapping[str, int]) -> None:
         """Add rejected input rows per reason (``Traffic.rejected``)."""

@@ -18,7 +18,7 @@ ALLOWED_LABELS = frozenset({"device", "phase", "reason", "attack_type"})
 # Last token of a name (before ``_total``): a base unit, or what a dimensionless number counts.
 UNITS = frozenset(
     {"seconds", "bytes", "ratio", "loss", "score", "round", "rounds", "devices", "runs", "samples",
-     "epochs", "flows", "rows", "reloads"}
+     "epochs", "flows", "rows", "reloads", "keys"}
 )
 
 Kind = Literal["counter", "gauge", "histogram"]

@@ -10,7 +10,8 @@ import pytest
 
 from iotad.core.detector import BUNDLE_JSON, WEIGHTS_NPZ, Detector, detector_from_weights
 from iotad.core.model import DEFAULT_MEMBERS
-from iotad.core.preprocessing import ResidualScale, Scaler
+from iotad.core.normalisation import scaler_from_dict
+from iotad.core.preprocessing import ResidualScale
 from iotad.core.scoring import reconstruction_errors, residual_sumsq
 from iotad.core.train import TrainConfig, get_weights
 
@@ -113,7 +114,7 @@ def test_member_count_follows_from_federated_weights(fitted: Detector) -> None:
 
 def test_detector_from_federated_state(fitted: Detector, tmp_path: Path) -> None:
     assert fitted.scaler is not None
-    scaler = Scaler.from_dict(fitted.scaler.to_dict())
+    scaler = scaler_from_dict(fitted.scaler.to_dict())
     assert fitted.residual_scale is not None
     residual = ResidualScale.from_dict(fitted.residual_scale.to_dict())
     det = detector_from_weights(

@@ -191,8 +191,10 @@ def test_replay_loops(tmp_path: Path, traffic_csv: Path) -> None:
     small = tmp_path / "small.csv"
     small.write_bytes(b"".join(lines[:11]))  # header + 10 rows
     src = ReplaySource(small, rate=0)
-    total = sum((src.read(7) or RawBlock(b"", [])).data.count(b"\n") for _ in range(5))
-    assert total == 35  # wrapped around three times
+    blocks = [src.read(7) or RawBlock(b"", []) for _ in range(5)]
+    # Each pass is a stream of its own: a block ends at the wrap and the next one starts the new pass.
+    assert [b.data.count(b"\n") for b in blocks] == [7, 3, 7, 3, 7]
+    assert [b.new_stream for b in blocks] == [True, False, True, False, True]
 
 
 def _rows(traffic_csv: Path, start: int, n: int) -> bytes:
@@ -339,3 +341,37 @@ def test_encode_block_matches_loader(traffic_csv: Path) -> None:
     ref = load_traffic([traffic_csv], dedupe=False)
     assert np.array_equal(enc.features, ref.features)
     assert enc.attack_types is not None and list(enc.attack_types) == list(ref.attack_types)
+
+
+def test_window_state_survives_a_model_reload(tmp_path: Path, traffic_csv: Path, registry: CollectorRegistry) -> None:
+    """A bundle on window features makes the agent compute them; a new round's bundle keeps the stream's
+    state (same features as the loader computes for the file in one pass), and the state is metered."""
+    from iotad.features.sets import WINDOW, WindowStage, feature_names
+
+    names = feature_names(WINDOW)
+    tr = load_traffic([traffic_csv], extra=WindowStage())
+    windowed = Scaler.from_stats(FeatureStats.of(tr.features[tr.labels == 0]))
+
+    def save(rnd: int) -> None:
+        weights = get_weights(Autoencoder(len(names), members=1))
+        detector_from_weights(weights, windowed, 0.01, round=rnd, feature_names=names).save(tmp_path / "model")
+
+    save(1)
+    agent = Agent(ReplaySource(traffic_csv, rate=0, loop=False), tmp_path / "model",
+                  tdev.DeviceTelemetry(DEVICE, registry), batch_size=97)
+    assert agent.reload_if_changed() and agent.windows is not None
+    stage = agent.windows
+    seen = []
+    for i in range(3):
+        block = agent.source.read(97)
+        assert block is not None and block.new_stream == (i == 0)
+        seen.append(encode_block(block, agent.windows).features)
+        if i == 1:
+            save(2)
+            assert agent.reload_if_changed()
+    assert agent.windows is stage  # same features: the window state carries on
+    one_pass = load_traffic([traffic_csv], dedupe=False, extra=WindowStage()).features
+    got = np.concatenate(seen)
+    np.testing.assert_array_equal(got, one_pass[: len(got)])
+    agent.process(agent.source.read(97) or RawBlock(b"", []))
+    assert value(registry, "iotad_edge_window_tracked_keys") > 0

@@ -237,7 +237,7 @@ def test_load_rejects_weights_that_do_not_fit_the_model(
 def test_load_rejects_a_malformed_scaler(fitted: Detector, tmp_path: Path, loader: Callable[..., Any]) -> None:
     d = fitted.save(tmp_path / "m")
     meta = json.loads((d / BUNDLE_JSON).read_text())
-    del meta["scaler"]["low"]
+    del meta["scaler"]["clip"]
     (d / BUNDLE_JSON).write_text(json.dumps(meta))
     with pytest.raises(BundleError, match="malformed scaler"):
         loader(d)

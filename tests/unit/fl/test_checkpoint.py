@@ -39,7 +39,7 @@ def _torch_bundle(directory: Path, weights: list[np.ndarray], scaler: Scaler, re
     set_weights(det.model, weights)
     det.model.eval()
     det.scaler, det.residual_scale, det.threshold, det.quantile = scaler, residual, threshold, quantile
-    det.round, det.metadata = server_round, {"source": "federated"}
+    det.round, det.metadata = server_round, {"source": "federated", "normalisation": "global"}
     det.save(directory)
     return det
 
@@ -59,7 +59,7 @@ def test_checkpoint_bundle_is_the_torch_detectors_bundle(tmp_path: Path, members
     weights, scaler, residual, rows = _state(members)
     given = [w.astype(np.float64) * (1 + 1e-9) for w in weights] if float64 else weights
     store = CheckpointStore(tmp_path / "ckpt")
-    ours = store.save(Checkpoint(5, given, scaler, 0.75, 0.97, residual), [], ClassHistograms())
+    ours = store.save(Checkpoint(5, given, scaler, 0.75, 0.97, residual, FEATURE_NAMES), [], ClassHistograms())
     assert ours == store.bundle_dir(5)
     det = _torch_bundle(tmp_path / "torch", given, scaler, residual, 0.75, 0.97, 5)
 

@@ -21,7 +21,7 @@ def test_initial_weights_are_the_seeded_torch_init_bit_for_bit(seed: int, member
     the in-process init."""
     torch.manual_seed(seed)
     expected = get_weights(Autoencoder(N_FEATURES, members=members))
-    got = initial_weights(seed, members)
+    got = initial_weights(seed, members, N_FEATURES)
     assert len(got) == len(expected)
     for g, e in zip(got, expected, strict=True):
         assert g.dtype == e.dtype == "float32" and g.shape == e.shape and g.tobytes() == e.tobytes()
@@ -43,12 +43,14 @@ from iotad.data.schema import N_FEATURES
 from iotad.core.evaluation import ClassHistograms
 from iotad.core.preprocessing import FeatureStats, ResidualScale, Scaler
 
-weights = iotad.fl.server_app.initial_weights(0, 2)
+weights = iotad.fl.server_app.initial_weights(0, 2, N_FEATURES)
 scaler = Scaler.from_stats(FeatureStats.of(np.ones((4, N_FEATURES))))
 residual = ResidualScale(count=4, sumsq=np.ones(2 * N_FEATURES))
 store = CheckpointStore(Path({str(tmp_path)!r}))
 store.save(Checkpoint(1, weights, scaler, 0.5, 0.99, residual), [], ClassHistograms())
 assert store.latest().round == 1
+store.save(Checkpoint(2, weights, None, 0.5, 0.99), [], ClassHistograms())  # per-device normalisation
+assert store.latest().scaler is None
 assert "torch" not in sys.modules, "torch imported"
 print("torch-free")
 """
