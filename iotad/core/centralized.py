@@ -165,14 +165,26 @@ def evaluate_csvs(model: Path, csvs: list[Path], out: Path) -> dict[str, Any]:
     return metrics
 
 
-def score_csv(model: Path, csv_path: Path, out: Path) -> tuple[int, int]:
-    """Score every usable row: ``row, score, anomaly`` (row = 0-based data row of the input)."""
+def score_csv(model: Path, csv_path: Path, out: Path) -> tuple[int, int, dict[str, int], int]:
+    """Score every usable row: ``row, score, anomaly`` (row = 0-based data row of the input).
+
+    Returns rows scored, rows flagged, rows rejected per reason and data rows read (scored + rejected).
+
+    Raises
+    ------
+    ValueError
+        Not one row could be scored (the message says why the rows were rejected).
+    """
     detector = Detector.load(model_dir(model))
     from iotad.data.loader import read_header
     from iotad.data.schema import LABEL_COLUMN
 
     labelled = LABEL_COLUMN in read_header(csv_path)
     traffic = load_traffic([csv_path], dedupe=False, labelled=labelled, extra=_stage(detector))
+    rejected = {k: v for k, v in traffic.rejected.items() if v}
+    if len(traffic) == 0:
+        why = ", ".join(f"{k} {v}" for k, v in rejected.items()) or "no data rows"
+        raise ValueError(f"{csv_path}: no valid row to score ({traffic.rows_read} read; rejected: {why})")
     scores = detector.decision_function(traffic.features)
     flags = detector.predict_scores(scores)
     Path(out).parent.mkdir(parents=True, exist_ok=True)
@@ -181,4 +193,4 @@ def score_csv(model: Path, csv_path: Path, out: Path) -> tuple[int, int]:
         w.writerow(["row", "score", "anomaly"])
         for row, score, flag in zip(traffic.row_index.tolist(), scores.tolist(), flags.tolist(), strict=True):
             w.writerow([row, repr(float(score)), int(flag)])
-    return len(traffic), int(np.sum(flags))
+    return len(traffic), int(np.sum(flags)), rejected, traffic.rows_read

@@ -11,11 +11,9 @@ checkpoint per round from which a lost run resumes.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
-from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +38,7 @@ from iotad.fl.records import (
     scaler_to_config,
     stats_from_metrics,
 )
+from iotad.fl.screening import in_content_order, screen_updates
 
 log = logging.getLogger(__name__)
 
@@ -50,12 +49,12 @@ STRATEGIES = ("fedavg", "fedprox", "fedmedian", "fedtrimmedavg", "krum")
 class FederationConfig:
     """The run config (``[tool.flwr.app.config]``, kebab-case keys) the ServerApp uses."""
 
-    num_rounds: int = 5
+    num_rounds: int = 20
     strategy: str = "fedavg"
     fraction_train: float = 1.0
     fraction_evaluate: float = 1.0
     min_nodes: int = 2
-    local_epochs: int = 12
+    local_epochs: int = 3
     batch_size: int = 256
     learning_rate: float = 4e-3
     proximal_mu: float = 0.01
@@ -112,48 +111,6 @@ def make_strategy(cfg: FederationConfig) -> FedAvg:
     if cfg.strategy == "krum":
         return Krum(**common, num_malicious_nodes=cfg.krum_malicious)
     return FedAvg(**common)
-
-
-def screen_updates(replies: Iterable[Message], reference: Sequence[np.ndarray]) -> tuple[list[Message], Counter[str]]:
-    """Drop train replies that failed or carry unusable weights; count each reason."""
-    valid: list[Message] = []
-    rejected: Counter[str] = Counter()
-    for reply in replies:
-        if reply.has_error():
-            rejected["error"] += 1
-            continue
-        records = list(reply.content.array_records.values())
-        if len(records) != 1 or "num-examples" not in next(iter(reply.content.metric_records.values()), {}):
-            rejected["malformed"] += 1
-            continue
-        arrays = records[0].to_numpy_ndarrays()
-        if len(arrays) != len(reference) or any(a.shape != r.shape for a, r in zip(arrays, reference, strict=True)):
-            rejected["shape"] += 1
-        elif not all(np.isfinite(a).all() for a in arrays):
-            rejected["non_finite"] += 1
-        else:
-            valid.append(reply)
-    return valid, rejected
-
-
-def _digest(reply: Message) -> bytes:
-    h = hashlib.sha256()
-    for name, record in sorted(reply.content.array_records.items()):
-        h.update(name.encode())
-        for array in record.to_numpy_ndarrays():
-            h.update(np.ascontiguousarray(array).tobytes())
-    for name, metrics in sorted(reply.content.metric_records.items()):
-        h.update(repr((name, sorted(metrics.items()))).encode())
-    return h.digest()
-
-
-def in_content_order(replies: Iterable[Message]) -> list[Message]:
-    """Replies sorted by a digest of their content.
-
-    Replies arrive in whatever order devices finish, and float sums (weighted averages, merged statistics)
-    depend on the order of their terms; a fixed order makes a run reproducible bit for bit.
-    """
-    return sorted(replies, key=_digest)
 
 
 def _metrics(reply: Message) -> MetricRecord:

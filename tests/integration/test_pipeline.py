@@ -55,11 +55,31 @@ def test_centralized_and_two_round_simulation(work: Path) -> None:
         assert (work / "REP" / png).stat().st_size > 1000
 
 
+def test_device_bundles_carry_their_own_normalisation(work: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Per-device normalisation: the run's model/ has the shared weights and threshold only, each device's
+    bundle its own scaler; scoring a device's traffic needs that device's bundle."""
+    csv = work / "D" / "device-1" / "traffic.csv"
+    for run in ("C", "F"):
+        shared = json.loads((work / run / "model" / "bundle.json").read_text())
+        own = [json.loads((work / run / "devices" / f"device-{k}" / "model" / "bundle.json").read_text())
+               for k in range(3)]
+        assert shared["scaler"] is None and shared["feature_names"] == own[0]["feature_names"]
+        assert len({json.dumps(b["scaler"]) for b in own}) == 3  # fitted on each device's own rows
+        assert {b["threshold"] for b in own} == {shared["threshold"]}
+        assert main(["score", "--model", str(work / run), "--csv", str(csv), "--out", str(work / "x.csv")]) == 2
+        assert "normalises per device" in capsys.readouterr().err
+        out = work / f"{run}-device-1.json"
+        assert main(["evaluate", "--model", str(work / run / "devices" / "device-1" / "model"), "--csv", str(csv),
+                     "--out", str(out)]) == 0
+        assert json.loads(out.read_text())["n_attack"] > 0
+
+
 def test_split_seed_fixes_the_rows_and_seed_the_training(work: Path) -> None:
     """``--split-seed`` picks the rows (the scaler is fitted on the training rows), ``--seed`` the training."""
     def run(name: str, *seeds: str) -> tuple[dict, dict]:
         assert main(["centralized", "--data", str(work / "D"), "--epochs", "1", *seeds, "--out", str(work / name)]) == 0
-        return (json.loads((work / name / "model" / "bundle.json").read_text())["scaler"],
+        # Per-device normalisation: each device's bundle holds its scaler (the run's model/ only the weights).
+        return (json.loads((work / name / "devices" / "device-0" / "model" / "bundle.json").read_text())["scaler"],
                 json.loads((work / name / "run.json").read_text()))
 
     scaler0, run0 = run("S0", "--seed", "0")
@@ -88,6 +108,28 @@ def test_real_rows_score_is_independent_of_empty_spelling(real: Path, tmp_path: 
 
     assert main(["evaluate", "--model", str(run), "--csv", str(mitm), "--out", str(tmp_path / "m.json")]) == 0
     assert json.loads((tmp_path / "m.json").read_text())["n_normal"] == 0
+
+
+def test_score_reports_rejected_rows_and_fails_on_nothing_valid(
+    real: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Regression: a CSV of truncated rows printed "scored 0 rows" and exited 0."""
+    normal = real / REAL_NORMAL
+    run = tmp_path / "R"
+    assert main(["centralized", "--train-csv", str(normal), "--eval-csv", str(normal), "--epochs", "1",
+                 "--members", "1", "--out", str(run)]) == 0
+    lines = normal.read_text().splitlines()
+    truncated = tmp_path / "truncated.csv"
+    truncated.write_text("\n".join([lines[0], *(ln[: len(ln) // 2] for ln in lines[1:50])]) + "\n")
+    capsys.readouterr()
+    assert main(["score", "--model", str(run), "--csv", str(truncated), "--out", str(tmp_path / "t.csv")]) == 2
+    assert "no valid row to score (49 read; rejected: column_count 49)" in capsys.readouterr().err
+    mixed = tmp_path / "mixed.csv"
+    mixed.write_text("\n".join([*lines[:11], *(ln[: len(ln) // 2] for ln in lines[11:15])]) + "\n")
+    assert main(["score", "--model", str(run), "--csv", str(mixed), "--out", str(tmp_path / "m.csv")]) == 0
+    err = capsys.readouterr().err
+    assert "scored 10 of 14 rows" in err and "rejected 4, column_count 4" in err
+    assert (tmp_path / "m.csv").read_text().count("\n") == 11  # header + every valid row
 
 
 def test_unusable_input_is_a_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

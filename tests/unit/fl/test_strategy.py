@@ -16,7 +16,8 @@ from iotad.cli import build_parser
 from iotad.core.model import DEFAULT_MEMBERS
 from iotad.fl.client_app import training_seed
 from iotad.fl.records import config_int
-from iotad.fl.strategy import FederationConfig, in_content_order, make_strategy, screen_updates
+from iotad.fl.screening import in_content_order, screen_updates
+from iotad.fl.strategy import FederationConfig, make_strategy
 
 
 @pytest.fixture(autouse=True)
