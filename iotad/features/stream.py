@@ -13,7 +13,7 @@ import numpy as np
 import numpy.typing as npt
 
 from iotad.features.keys import Key, parse_clock, stream_keys
-from iotad.features.names import DECAYS, INDICATORS, MIRROR_OF, STATS, TABLES
+from iotad.features.names import DECAYS, INDICATORS, MIRROR_OF, N_WINDOW_FEATURES, STATS, TABLES
 from iotad.features.window import update_windows
 
 DEFAULT_CAPACITY = 16_384  # tracked keys per table
@@ -158,7 +158,7 @@ class WindowState:
         k_src, k_dst, k_pair, _ = keys
         back_pair: list[Key | None] = [None if p is None else (p[1], p[0]) for p in k_pair]  # type: ignore[index]
         mirror_keys: tuple[list[Key | None], ...] = (k_src, k_dst, back_pair, [])
-        out = np.empty((n, 0), dtype=np.float32)
+        out = np.empty((n, N_WINDOW_FEATURES), dtype=np.float32)  # also the shape of an empty block
         parts = []
         step = max(self.capacity // 2, 1)  # at most capacity/2 new keys per block: eviction stays possible
         for lo in range(0, n, step):

@@ -166,3 +166,8 @@ def test_rates_see_the_session_shape() -> None:
     assert out[-1, syn] == pytest.approx(1.0) and out[-1, new] == pytest.approx(1.0)
     count = WINDOW_FEATURE_NAMES.index("win.src.l5.count")
     assert out[-1, count] > 50  # 200 packets in 0.2 s, half-life 0.2 s
+
+
+def test_an_empty_block_has_the_window_width() -> None:
+    cols = _columns(0, [], [])
+    assert WindowState().update(cols, _packet(0)).shape == (0, N_WINDOW_FEATURES)

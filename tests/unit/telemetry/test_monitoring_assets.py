@@ -241,6 +241,7 @@ def exporters() -> Iterator[dict[str, int]]:
         scores = 10 ** rng.uniform(-5, 0, 200)
         dev.scored(scores, scores > 0.03, seconds=0.01, attack_types=["Normal", "MITM"] * 100)
         dev.rejected({"shifted": 2})
+        dev.windows(evicted=3, tracked=120, clamped=1, bad_time=1)
         servers.append(texp.serve_metrics(0, "127.0.0.1", registry=reg))
     try:
         yield {"aggregator": servers[0].port, "device-1": servers[1].port, "device-2": servers[2].port}
