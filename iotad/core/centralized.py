@@ -16,17 +16,19 @@ from typing import Any
 import numpy as np
 import torch
 
+from iotad.core.bundle import save_bundle
 from iotad.core.detector import Detector
 from iotad.core.evaluation import ClassHistograms, metrics_from_histograms
 from iotad.core.model import DEFAULT_MEMBERS, Autoencoder
 from iotad.core.normalisation import GLOBAL, LOCAL, SCALER_OF, check_normalisation
 from iotad.core.runs import data_kind, device_dirs, model_dir, write_run
-from iotad.core.shared_model import evaluation_histograms, fit_shared, make_parts, save_device_bundles, single_detector
+from iotad.core.shared_model import evaluation_histograms, fit_shared, make_parts, part_bundle, save_device_bundles
 from iotad.core.train import TrainConfig
 from iotad.data.device import load_device_splits
 from iotad.data.loader import Traffic, load_traffic
 from iotad.data.schema import NORMAL
 from iotad.data.splits import Splits, split_normal
+from iotad.data.traffic import ExtraFeatures
 from iotad.features.sets import DEFAULT_FEATURE_SET, feature_names, feature_set_of, stage_for
 
 
@@ -106,10 +108,10 @@ def run_centralized(
     histograms = evaluation_histograms(model, parts)
     metrics = metrics_from_histograms(histograms, threshold)
     metadata = {"source": "centralized", "feature_set": feature_set}
-    if len(parts) == 1:
-        detector = single_detector(model, parts[0], threshold, quantile, names)
-        detector.metadata = {**metadata, "normalisation": normalisation}
-        bundle = detector.save(out / "model")
+    if len(parts) == 1:  # one device (or pooled rows): its complete bundle is the run's model
+        bundle = save_bundle(out / "model", part_bundle(
+            model, parts[0].scaler, parts[0].residual, threshold, quantile=quantile, feature_names=names,
+            metadata={**metadata, "normalisation": normalisation}))
     else:
         bundle = save_device_bundles(out, model, parts, threshold, quantile=quantile, feature_names=names,
                                      metadata=metadata)
@@ -140,7 +142,7 @@ def run_centralized(
     )
 
 
-def _stage(detector: Detector) -> Any:
+def _stage(detector: Detector) -> ExtraFeatures | None:
     """The window stage a bundle's features need (None for packet features); a bundle without a scaler
     (a federation's global part under per-device normalisation) cannot score."""
     if detector.scaler is None:

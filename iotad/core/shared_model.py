@@ -17,7 +17,6 @@ from typing import Any
 import numpy as np
 
 from iotad.core.bundle import Bundle, save_bundle
-from iotad.core.detector import Detector
 from iotad.core.evaluation import ClassHistograms
 from iotad.core.model import Autoencoder
 from iotad.core.normalisation import AnyScaler, fit_scaler
@@ -73,31 +72,25 @@ def make_parts(names: Sequence[str], splits: Sequence[Splits], scaler_kind: str)
     return [DevicePart(n, s, fit_scaler(s.train.features, scaler_kind)) for n, s in zip(names, splits, strict=True)]
 
 
+def part_bundle(
+    model: Autoencoder, scaler: AnyScaler | None, residual: ResidualScale | None, threshold: float, *,
+    quantile: float, feature_names: Sequence[str], metadata: dict[str, Any],
+) -> Bundle:
+    """The trained model with one part's normalisation (or none: the shared weights and threshold only)."""
+    return Bundle(directory=None, n_features=model.n_features, feature_names=list(feature_names),
+                  hidden=model.hidden, dropout=model.dropout, members=model.members,
+                  arrays=tuple(get_weights(model)), scaler=scaler, residual_scale=residual, threshold=threshold,
+                  quantile=quantile, metadata=metadata)
+
+
 def save_device_bundles(
     out: Path, model: Autoencoder, parts: Sequence[DevicePart], threshold: float, *, quantile: float,
     feature_names: Sequence[str], metadata: dict[str, Any],
 ) -> Path:
     """``out/devices/<name>/model`` per device (complete bundles), and ``out/model`` with the shared weights
     and threshold only (no scaler: it is per device). Returns the latter."""
-    arrays = tuple(get_weights(model))
-
-    def bundle(scaler: AnyScaler | None, residual: ResidualScale | None) -> Bundle:
-        return Bundle(directory=None, n_features=model.n_features, feature_names=list(feature_names),
-                      hidden=model.hidden, dropout=model.dropout, members=model.members, arrays=arrays,
-                      scaler=scaler, residual_scale=residual, threshold=threshold, quantile=quantile,
-                      metadata={**metadata, "normalisation": "local"})
-
+    common: dict[str, Any] = {"quantile": quantile, "feature_names": feature_names,
+                              "metadata": {**metadata, "normalisation": "local"}}
     for p in parts:
-        save_bundle(out / "devices" / p.name / "model", bundle(p.scaler, p.residual))
-    return save_bundle(out / "model", bundle(None, None))
-
-
-def single_detector(model: Autoencoder, part: DevicePart, threshold: float, quantile: float,
-                    feature_names: Sequence[str]) -> Detector:
-    """The complete detector of one part (a run with one device: its bundle is the run's model)."""
-    det = Detector.from_bundle(Bundle(
-        directory=None, n_features=model.n_features, feature_names=list(feature_names), hidden=model.hidden,
-        dropout=model.dropout, members=model.members, arrays=tuple(get_weights(model)), scaler=part.scaler,
-        residual_scale=part.residual, threshold=threshold, quantile=quantile,
-        metadata={"normalisation": "local"}))
-    return det
+        save_bundle(out / "devices" / p.name / "model", part_bundle(model, p.scaler, p.residual, threshold, **common))
+    return save_bundle(out / "model", part_bundle(model, None, None, threshold, **common))
