@@ -11,11 +11,14 @@ scale for every feature, whether it is a flag, a counter or a window rate.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from iotad.core.preprocessing import CLIP, FeatureStats, Scaler, signed_log1p
+
+if TYPE_CHECKING:
+    from iotad.core.quantile_map import QuantileMap
 
 QUANTILES = 256
 KIND = "signed-log1p-quantile"
@@ -63,6 +66,7 @@ class QuantileScaler:
             tie = (2.0 * first + counts) / steps - 1.0
             self._grids.append((values, np.append(gap, 1.0), np.append(tie, 1.0)))
         self._span = np.maximum(q[-1] - q[0], 1e-6) / 2.0  # half the range maps onto one unit of [-1, 1]
+        self._map: QuantileMap | None = None  # compiled on first use
 
     @property
     def n_features(self) -> int:
@@ -82,22 +86,11 @@ class QuantileScaler:
         x = np.asarray(x)
         if x.ndim != 2 or x.shape[1] != self.n_features:
             raise ValueError(f"scaler expects (rows, {self.n_features}) features, got shape {x.shape}")
-        logged = signed_log1p(x)  # float64, as in fit: ties must compare equal to their quantile
-        out = np.empty(x.shape, dtype=np.float32)
-        low, high = self._low, self.quantiles[-1]
-        for j, (values, gap, tie) in enumerate(self._grids):
-            col = logged[:, j]
-            i = np.searchsorted(values, col)
-            exact = values[np.minimum(i, len(values) - 1)] == col
-            out[:, j] = np.where(exact, tie[i], gap[i])
-            below, above = col < low[j], col > high[j]
-            if below.any():
-                out[below, j] = -1.0 - (low[j] - col[below]) / self._span[j]
-            if above.any():
-                out[above, j] = 1.0 + (col[above] - high[j]) / self._span[j]
-        np.clip(out, -self.clip, self.clip, out=out)
-        np.nan_to_num(out, copy=False, nan=0.0)
-        return out
+        if self._map is None:
+            from iotad.core.quantile_map import QuantileMap  # numba: loaded by the processes that scale
+
+            self._map = QuantileMap(self._grids, self._low, self.quantiles[-1], self._span, self.clip)
+        return self._map(x)
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": KIND, "quantiles": self.quantiles.tolist(), "clip": self.clip}
