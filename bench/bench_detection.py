@@ -133,7 +133,7 @@ def main() -> None:
     p.add_argument("--data", nargs="+", required=True, metavar="NAME=DIR")
     p.add_argument("--seeds", type=int, default=16)
     p.add_argument("--first-seed", type=int, default=0)
-    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--rounds", type=int, default=30)
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     a = p.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)

@@ -70,10 +70,11 @@ def _evaluate(a: argparse.Namespace) -> None:
 def _score(a: argparse.Namespace) -> None:
     from iotad.core.centralized import score_csv
 
-    n, flagged, rejected, read = score_csv(a.model, a.csv, a.out)
-    why = "".join(f", {reason} {count}" for reason, count in rejected.items())
-    err.print(f"scored {n} of {read} rows, {flagged} flagged as anomalies -> {a.out}; "
-              f"rejected {read - n}{why}")
+    r = score_csv(a.model, a.csv, a.out)
+    why = "".join(f", {reason} {count}" for reason, count in r.rejected.items())
+    notes = "".join(f"; kept with {note} {count}" for note, count in r.label_notes.items())
+    err.print(f"scored {r.scored} of {r.read} rows, {r.flagged} flagged as anomalies -> {a.out}; "
+              f"rejected {r.read - r.scored}{why}{notes}")
 
 
 def _compare(a: argparse.Namespace) -> None:
@@ -206,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--devices", type=int, default=None, help="default: every device folder in --data")
     s.add_argument("--strategy", default="fedavg")
     s.add_argument("--fraction", type=float, default=1.0, help="fraction of devices sampled per round")
-    s.add_argument("--local-epochs", type=int, default=3,
+    s.add_argument("--local-epochs", type=int, default=2,
                    help="per round; short local runs between averages keep the devices' models close")
     s.add_argument("--quantile", type=float, default=0.99)
     s.add_argument("--seed", type=int, default=0, help="initial weights and shuffling")
@@ -281,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--metrics-host", default="0.0.0.0")
     s.add_argument("--rounds", type=int, default=3)
     s.add_argument("--min-nodes", type=int, default=2)
-    s.add_argument("--local-epochs", type=int, default=3)
+    s.add_argument("--local-epochs", type=int, default=2)
     s.add_argument("--run-config", default="", help='more run-config overrides: "key=value key2=\'s\'"')
     s.add_argument("--join-timeout", type=float, default=600.0, help="seconds to wait for --min-nodes devices")
     s.add_argument("--run-timeout", type=float, default=7200.0, help="seconds per run attempt (0: none)")

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The main job on one machine: synthetic traffic for 3 devices, the centralised baseline, a 20-round
-# federated simulation (Flower simulation engine, 3 local epochs per round) and the comparison report.
+# The main job on one machine: synthetic traffic for 3 devices, the centralised baseline, a 30-round
+# federated simulation (Flower simulation engine, 2 local epochs per round) and the comparison report.
 #   bash scripts/demo.sh [OUT]        (default OUT=out; report in OUT/report/report.md)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,6 +10,6 @@ iotad=.venv/bin/iotad
 
 [ -f "$out/data/dataset.json" ] || "$iotad" synth --devices 3 --rows-per-device 20000 --seed 7 --out "$out/data"
 "$iotad" centralized --data "$out/data" --out "$out/centralized"
-"$iotad" simulate --data "$out/data" --rounds 20 --out "$out/federated"
+"$iotad" simulate --data "$out/data" --rounds 30 --out "$out/federated"
 "$iotad" compare --runs "$out/centralized" "$out/federated" --out "$out/report"
 echo "report: $out/report/report.md (synthetic data, not Edge-IIoTset)"

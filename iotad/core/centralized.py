@@ -11,7 +11,7 @@ import csv
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -41,28 +41,31 @@ def class_histograms(detector: Detector, traffic: Traffic) -> ClassHistograms:
     return ClassHistograms.of(errors, types)
 
 
-def _rejected(*parts: Traffic) -> dict[str, int]:
-    total: Counter[str] = Counter()
+def _counts(*parts: Traffic) -> dict[str, dict[str, int]]:
+    """Rejected rows per reason and kept rows' label notes, summed over the reads."""
+    rejected: Counter[str] = Counter()
+    notes: Counter[str] = Counter()
     for p in parts:
-        total.update(p.rejected)
-    return dict(total)
+        rejected.update(p.rejected)
+        notes.update(p.label_notes)
+    return {"rejected": dict(rejected), "label_notes": dict(notes)}
 
 
 def _load_parts(
     data: Path | None, train_csv: list[Path] | None, eval_csv: list[Path] | None, split_seed: int,
     feature_set: str, cache: Path,
-) -> tuple[list[str], list[Splits], dict[str, int], dict[str, Any]]:
+) -> tuple[list[str], list[Splits], dict[str, dict[str, int]], dict[str, Any]]:
     """Per-device splits (``--data``) or one pooled part (``--train-csv``/``--eval-csv``)."""
     if data is not None:
         dirs = device_dirs(data)
         splits = [load_device_splits(d, split_seed, cache_dir=cache, extra=stage_for(feature_set)) for d in dirs]
-        return [d.name for d in dirs], splits, {}, {"data": str(data)}
+        return [d.name for d in dirs], splits, {}, {"data": str(data)}  # counted when the cache was made
     assert train_csv and eval_csv
     pooled = load_traffic(train_csv, extra=stage_for(feature_set))
     train, calibration = split_normal(pooled, split_seed)
     evaluation = load_traffic(eval_csv, extra=stage_for(feature_set))
     source = {"train_csv": [str(p) for p in train_csv], "eval_csv": [str(p) for p in eval_csv]}
-    return ["pooled"], [Splits(train, calibration, evaluation)], _rejected(pooled, evaluation), source
+    return ["pooled"], [Splits(train, calibration, evaluation)], _counts(pooled, evaluation), source
 
 
 def run_centralized(
@@ -91,7 +94,7 @@ def run_centralized(
     check_normalisation(normalisation)
     names = feature_names(feature_set)
     t0 = time.monotonic()
-    devices, splits, rejected, source = _load_parts(data, train_csv, eval_csv, split_seed, feature_set,
+    devices, splits, counts, source = _load_parts(data, train_csv, eval_csv, split_seed, feature_set,
                                                     out / "cache")
     if normalisation == GLOBAL and len(splits) > 1:
         splits = [Splits(*(Traffic.concat([getattr(s, part) for s in splits])
@@ -135,7 +138,8 @@ def run_centralized(
             "normalisation": normalisation,
             "rows": {part: sum(len(getattr(s, part)) for s in splits)
                      for part in ("train", "calibration", "evaluation")},
-            "rejected": rejected,
+            "rejected": counts.get("rejected", {}),
+            "label_notes": counts.get("label_notes", {}),
             "train_seconds": result.seconds,
             "seconds": time.monotonic() - t0,
         },
@@ -162,15 +166,22 @@ def evaluate_csvs(model: Path, csvs: list[Path], out: Path) -> dict[str, Any]:
     assert detector.threshold is not None
     metrics = metrics_from_histograms(class_histograms(detector, traffic), detector.threshold)
     metrics["rejected"] = traffic.rejected
+    metrics["label_notes"] = traffic.label_notes
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text(json.dumps(metrics, indent=2, sort_keys=True, allow_nan=False) + "\n")
     return metrics
 
 
-def score_csv(model: Path, csv_path: Path, out: Path) -> tuple[int, int, dict[str, int], int]:
-    """Score every usable row: ``row, score, anomaly`` (row = 0-based data row of the input).
+class ScoreReport(NamedTuple):
+    scored: int
+    flagged: int
+    rejected: dict[str, int]  # per reason, non-zero only
+    read: int  # data rows: scored + rejected
+    label_notes: dict[str, int]  # scored rows of a labelled file whose label columns needed a decision
 
-    Returns rows scored, rows flagged, rows rejected per reason and data rows read (scored + rejected).
+
+def score_csv(model: Path, csv_path: Path, out: Path) -> ScoreReport:
+    """Score every usable row: ``row, score, anomaly`` (row = 0-based data row of the input).
 
     Raises
     ------
@@ -195,4 +206,5 @@ def score_csv(model: Path, csv_path: Path, out: Path) -> tuple[int, int, dict[st
         w.writerow(["row", "score", "anomaly"])
         for row, score, flag in zip(traffic.row_index.tolist(), scores.tolist(), flags.tolist(), strict=True):
             w.writerow([row, repr(float(score)), int(flag)])
-    return len(traffic), int(np.sum(flags)), rejected, traffic.rows_read
+    notes = {k: v for k, v in traffic.label_notes.items() if v}
+    return ScoreReport(len(traffic), int(np.sum(flags)), rejected, traffic.rows_read, notes)

@@ -3,13 +3,19 @@
 Every function takes the device's splits plus the global state it was sent and
 returns aggregates only (statistics, weights, histograms, counts), never rows or
 per-row errors.
+
+A process that serves many messages (a simulation's actor) keeps the device's own
+normalisation between them: it is a deterministic function of the training rows (and,
+for the residual scale, of the weights), so it is looked up by their digest, never stale.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
@@ -30,9 +36,46 @@ def feature_stats(splits: Splits) -> FeatureStats:
     return FeatureStats.of(splits.train.features)
 
 
+T = TypeVar("T")
+_MEMO_SIZE = 4  # devices a process may serve (a simulation actor serves several)
+_scalers: dict[bytes, AnyScaler] = {}
+_residuals: dict[bytes, ResidualScale] = {}
+
+
+def _digest(*arrays: np.ndarray) -> bytes:
+    h = hashlib.blake2b(digest_size=20)
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.dtype.str}{a.shape}".encode())
+        h.update(a.data)
+    return h.digest()
+
+
+def _remember(memo: dict[bytes, T], key: bytes, value: T) -> None:
+    if len(memo) >= _MEMO_SIZE:
+        del memo[next(iter(memo))]  # oldest first
+    memo[key] = value
+
+
 def local_scaler(splits: Splits) -> AnyScaler:
     """The device's own scaler (per-device normalisation): fitted on its normal training rows only."""
-    return fit_scaler(splits.train.features, QUANTILE)
+    key = _digest(splits.train.features)
+    scaler = _scalers.get(key)
+    if scaler is None:
+        scaler = fit_scaler(splits.train.features, QUANTILE)
+        _remember(_scalers, key, scaler)
+    return scaler
+
+
+def local_residual(splits: Splits, weights: Sequence[np.ndarray]) -> ResidualScale:
+    """The device's own residual scale under ``weights``, with its own scaler (the calibration and the
+    evaluation of one round both need it)."""
+    key = _digest(splits.train.features, *weights)
+    residual = _residuals.get(key)
+    if residual is None:
+        residual = residual_stats(splits, weights, local_scaler(splits))
+        _remember(_residuals, key, residual)
+    return residual
 
 
 def _model(weights: Sequence[np.ndarray], n_features: int) -> Autoencoder:

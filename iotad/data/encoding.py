@@ -27,12 +27,14 @@ from iotad.data.schema import (
     CATEGORICAL_VOCAB,
     EMPTY_SPELLINGS,
     LABEL_COLUMN,
+    LABEL_NOTES,
     N_FEATURES,
     NORMAL,
     NUMERIC_COLUMNS,
     REJECT_REASONS,
     TRAFFIC_TYPES,
     TYPE_COLUMN,
+    UNNAMED_ATTACK,
     SchemaError,
 )
 
@@ -45,6 +47,8 @@ EMPTY = ""
 UNLABELLED = -1
 TYPE_CODES: dict[str, int] = {name: i for i, name in enumerate(TRAFFIC_TYPES)}
 NORMAL_CODE = TYPE_CODES[NORMAL]
+OTHER_TYPE = len(TRAFFIC_TYPES)  # a type outside TRAFFIC_TYPES, kept under its own name
+UNKNOWN_TYPE, LABEL_TYPE_MISMATCH, LABEL_FROM_TYPE = range(1, len(LABEL_NOTES) + 1)
 
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 _HEX = re.compile(r"[+-]?0[xX][0-9a-fA-F]+")
@@ -171,8 +175,24 @@ def _label_value(raw: str) -> int:
     return int(value) if value in (0.0, 1.0) else -2
 
 
-def _type_code(raw: str) -> int:
-    return TYPE_CODES.get(raw.strip(), -2)
+def _spelling_key(name: str) -> str:
+    return re.sub(r"[\s_-]+", "_", name.strip()).strip("_").lower()
+
+
+# Certain respellings only: case, spaces, hyphens and a trailing "_attack" (the raw captures' file names).
+_TYPE_BY_KEY: dict[str, str] = {_spelling_key(t): t for t in TRAFFIC_TYPES}
+_TYPE_BY_KEY.update({f"{k}_attack": t for k, t in list(_TYPE_BY_KEY.items()) if t != NORMAL})
+_NAME_LENGTH = 32  # what the device cache stores (U32)
+
+
+def type_name(raw: str) -> str:
+    """The TRAFFIC_TYPES name an ``Attack_type`` spelling certainly means, else the spelling itself
+    (letters, digits and ``_.-`` only, at most 32 characters); "" when empty."""
+    text = raw.strip()
+    known = _TYPE_BY_KEY.get(_spelling_key(text))
+    if known is not None:
+        return known
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)[:_NAME_LENGTH].strip("_")
 
 
 @dataclass
@@ -182,7 +202,9 @@ class EncodedFrame:
     features: npt.NDArray[np.float32]  # (n, N_FEATURES)
     reason: npt.NDArray[np.int8]  # (n,), KEPT or a reason code (1-based index into REJECT_REASONS)
     labels: npt.NDArray[np.int8]  # (n,), UNLABELLED when the frame has no label columns
-    type_codes: npt.NDArray[np.int8]  # (n,), index into TRAFFIC_TYPES, -1 when unlabelled
+    type_codes: npt.NDArray[np.int8]  # (n,), index into TRAFFIC_TYPES, OTHER_TYPE for another name, -1 unlabelled
+    attack_types: npt.NDArray[np.object_]  # (n,) the row's type name, "" when unlabelled
+    note: npt.NDArray[np.int8]  # (n,), 0 or a 1-based index into LABEL_NOTES
 
 
 def _raw(frame: pd.DataFrame, column: str) -> npt.NDArray[np.object_]:
@@ -226,19 +248,48 @@ def encode_frame(frame: pd.DataFrame, *, labelled: bool | None = None) -> Encode
         features[rows[hit], _CATEGORY_OFFSET[col] + slots[hit]] = 1.0
 
     if labelled:
-        labels = _map_unique(_raw(frame, LABEL_COLUMN), _label_value, np.int8)
-        types = _map_unique(_raw(frame, TYPE_COLUMN), _type_code, np.int8)
-        bad_label = (labels < 0) | (types < 0) | ((labels == 0) != (types == NORMAL_CODE))
+        labels, types, names, note = _labels(_raw(frame, LABEL_COLUMN), _raw(frame, TYPE_COLUMN))
+        bad_label = labels < 0
     else:
         labels = np.full(n, UNLABELLED, dtype=np.int8)
         types = np.full(n, -1, dtype=np.int8)
+        names = np.full(n, "", dtype=object)
+        note = np.zeros(n, dtype=np.int8)
         bad_label = np.zeros(n, dtype=bool)
 
     # Reverse priority, so the first failing check in REJECT_REASONS is the one kept.
     for code, mask in ((BAD_LABEL, bad_label), (SHIFTED, shifted), (NON_FINITE, bad_finite),
                        (NON_NUMERIC, bad_numeric)):
         reason[mask] = code
-    return EncodedFrame(features=features, reason=reason, labels=labels, type_codes=types)
+    return EncodedFrame(features=features, reason=reason, labels=labels, type_codes=types, attack_types=names,
+                        note=note)
+
+
+def _labels(
+    label_raw: npt.NDArray[np.object_], type_raw: npt.NDArray[np.object_]
+) -> tuple[npt.NDArray[np.int8], npt.NDArray[np.int8], npt.NDArray[np.object_], npt.NDArray[np.int8]]:
+    """Label (-2 when neither column says), type code, type name and note of each row.
+
+    ``Attack_label`` decides; a known ``Attack_type`` stands in for an unreadable label. A row is
+    rejected (label -2) only when neither tells whether it is normal.
+    """
+    label = _map_unique(label_raw, _label_value, np.int8)
+    name = _map_unique(type_raw, type_name, object)
+    code = _map_unique(type_raw, lambda raw: TYPE_CODES.get(type_name(raw), OTHER_TYPE), np.int8)
+    known, type_label = code != OTHER_TYPE, np.where(code == NORMAL_CODE, 0, 1)
+    note = np.zeros(len(label), dtype=np.int8)
+    readable = label >= 0
+    from_type = ~readable & known
+    label = np.where(from_type, type_label, label).astype(np.int8)
+    note[from_type] = LABEL_FROM_TYPE
+    note[readable & ~known] = UNKNOWN_TYPE
+    note[readable & known & (type_label != label)] = LABEL_TYPE_MISMATCH
+    # The label wins: a normal row is "Normal" whatever its type says; an attack typed "Normal" or
+    # nothing has no name.
+    unnamed = (label == 1) & ((name == "") | (code == NORMAL_CODE))
+    name = np.where(label == 0, NORMAL, np.where(unnamed, UNNAMED_ATTACK, name)).astype(object)
+    code = np.where(label == 0, NORMAL_CODE, np.where(unnamed, OTHER_TYPE, code)).astype(np.int8)
+    return label, code, name, note
 
 
 _MASK64 = (1 << 64) - 1

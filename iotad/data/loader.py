@@ -37,12 +37,12 @@ from iotad.data.schema import (
     CATEGORICAL_COLUMNS,
     FEATURE_NAMES,
     LABEL_COLUMN,
+    LABEL_NOTES,
     N_FEATURES,
     NUMERIC_COLUMNS,
     RAW_COLUMNS,
     REJECT_REASONS,
     STREAM_COLUMNS,
-    TRAFFIC_TYPES,
     TYPE_COLUMN,
 )
 from iotad.data.traffic import ExtraFeatures, Traffic, _no_rejects, feature_width
@@ -63,8 +63,6 @@ __all__ = [
 PathLike = str | os.PathLike[str]
 Paths = PathLike | Iterable[PathLike]
 
-# Type code -> spelling; code -1 (unlabelled) picks the trailing "".
-_TYPE_NAMES = np.array([*TRAFFIC_TYPES, ""], dtype=object)
 
 
 def _as_paths(paths: Paths) -> list[Path]:
@@ -137,9 +135,11 @@ class _Chunk:
     features: npt.NDArray[np.float32]
     labels: npt.NDArray[np.int8]
     type_codes: npt.NDArray[np.int8]
+    attack_types: npt.NDArray[np.object_]
     row_index: npt.NDArray[np.int64]
     rejected: dict[str, int]
     rows_read: int
+    notes: npt.NDArray[np.int8]  # per kept row, 0 or a 1-based index into LABEL_NOTES
 
 
 def _iter_chunks(paths: Paths, chunk_rows: int, labelled: bool,
@@ -186,9 +186,11 @@ def _encode_block(block: bytes, header: list[str], first_row: int, labelled: boo
         features=features,
         labels=encoded.labels[keep],
         type_codes=encoded.type_codes[keep],
+        attack_types=encoded.attack_types[keep],
         row_index=lines.good_rows[keep],
         rejected=rejected,
         rows_read=lines.rows,
+        notes=encoded.note[keep],
     )
 
 
@@ -204,11 +206,17 @@ def _to_traffic(chunk: _Chunk) -> Traffic:
     return Traffic(
         features=chunk.features,
         labels=chunk.labels,
-        attack_types=_TYPE_NAMES[chunk.type_codes],
+        attack_types=chunk.attack_types,
         row_index=chunk.row_index,
         rejected=chunk.rejected,
         rows_read=chunk.rows_read,
+        label_notes=_count_notes(chunk.notes),
     )
+
+
+def _count_notes(notes: npt.NDArray[np.int8]) -> dict[str, int]:
+    counts = np.bincount(notes, minlength=len(LABEL_NOTES) + 1)
+    return {note: int(counts[code]) for code, note in enumerate(LABEL_NOTES, start=1)}
 
 
 def iter_traffic(paths: Paths, *, chunk_rows: int = 100_000, labelled: bool = True,
@@ -249,7 +257,7 @@ def load_traffic(
     the parameters.
     """
     features = RowBuffer(feature_width(extra))
-    labels, types, index = [], [], []
+    labels, types, index, notes = [], [], [], []
     rejected = _no_rejects()
     rows_read = 0
     seen = FirstSeen()
@@ -262,20 +270,22 @@ def load_traffic(
             keep = seen.first_seen(row_hashes(packet, chunk.labels, chunk.type_codes))
             rejected[REJECT_REASONS[DUPLICATE - 1]] += int((~keep).sum())
             chunk.features, chunk.labels = chunk.features[keep], chunk.labels[keep]
-            chunk.type_codes, chunk.row_index = chunk.type_codes[keep], chunk.row_index[keep]
+            chunk.attack_types, chunk.row_index = chunk.attack_types[keep], chunk.row_index[keep]
+            chunk.notes = chunk.notes[keep]
         features.append(chunk.features)
         labels.append(chunk.labels)
-        types.append(chunk.type_codes)
+        types.append(chunk.attack_types)
         index.append(chunk.row_index)
+        notes.append(chunk.notes)
         del chunk
     if not labels:
         return Traffic.empty(feature_width(extra))
-    type_codes = np.concatenate(types)
     return Traffic(
         features=features.result(),
         labels=np.concatenate(labels),
-        attack_types=_TYPE_NAMES[type_codes],
+        attack_types=np.concatenate(types),
         row_index=np.concatenate(index),
         rejected=rejected,
         rows_read=rows_read,
+        label_notes=_count_notes(np.concatenate(notes)),
     )

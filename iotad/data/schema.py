@@ -92,6 +92,14 @@ FEATURE_NAMES: tuple[str, ...] = (
 )
 N_FEATURES = len(FEATURE_NAMES)
 
+# Kept rows whose label columns needed a decision (counted, never dropped: for an unsupervised detector
+# the type is a report label only). unknown_type: an Attack_type none of TRAFFIC_TYPES, kept under its
+# own name (or "Normal" when Attack_label is 0); label_type_mismatch: Attack_label and Attack_type
+# disagree, the label wins; label_from_type: Attack_label unreadable, read from a known Attack_type.
+LABEL_NOTES: tuple[str, ...] = ("unknown_type", "label_type_mismatch", "label_from_type")
+#: The type of an attack row (Attack_label 1) whose Attack_type is empty or "Normal".
+UNNAMED_ATTACK = "Unnamed_attack"
+
 # Why a row can be rejected, in priority order: a row failing several checks counts under the first.
 REJECT_REASONS: tuple[str, ...] = (
     "column_count", "non_numeric", "non_finite", "shifted", "bad_label", "duplicate",

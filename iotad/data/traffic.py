@@ -13,28 +13,40 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
-from iotad.data.schema import N_FEATURES, REJECT_REASONS
+from iotad.data.schema import LABEL_NOTES, N_FEATURES, REJECT_REASONS
 
 
 def _no_rejects() -> dict[str, int]:
     return dict.fromkeys(REJECT_REASONS, 0)
 
 
-@dataclass
+def _no_notes() -> dict[str, int]:
+    return dict.fromkeys(LABEL_NOTES, 0)
+
+
+def _sum(counts: Sequence[Mapping[str, int]], start: dict[str, int]) -> dict[str, int]:
+    for c in counts:
+        for key, n in c.items():
+            start[key] = start.get(key, 0) + n
+    return start
+
+
 @dataclass
 class Traffic:
     """Encoded (not scaled) traffic rows.
 
-    ``rejected`` and ``rows_read`` describe the read that produced the rows: ``take``
-    keeps them unchanged.
+    ``rejected``, ``label_notes`` (kept rows whose label columns needed a decision, see
+    :data:`iotad.data.schema.LABEL_NOTES`) and ``rows_read`` describe the read that produced the
+    rows: ``take`` keeps them unchanged.
     """
 
     features: npt.NDArray[np.float32]  # (n, N_FEATURES)
     labels: npt.NDArray[np.int8]  # (n,) 0 normal, 1 attack, -1 unlabelled
-    attack_types: npt.NDArray[np.object_]  # (n,) TRAFFIC_TYPES spelling, "" when unlabelled
+    attack_types: npt.NDArray[np.object_]  # (n,) TRAFFIC_TYPES spelling or another name, "" when unlabelled
     row_index: npt.NDArray[np.int64]  # (n,) 0-based data-row number across the input files
     rejected: dict[str, int] = field(default_factory=_no_rejects)
     rows_read: int = 0
+    label_notes: dict[str, int] = field(default_factory=_no_notes)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -51,20 +63,17 @@ class Traffic:
 
     @staticmethod
     def concat(parts: Sequence[Traffic]) -> Traffic:
-        """Rows of all parts in order; reject counts and rows read are summed."""
+        """Rows of all parts in order; reject counts, label notes and rows read are summed."""
         if not parts:
             return Traffic.empty()
-        rejected = _no_rejects()
-        for part in parts:
-            for reason, count in part.rejected.items():
-                rejected[reason] = rejected.get(reason, 0) + count
         return Traffic(
             features=np.concatenate([p.features for p in parts]),
             labels=np.concatenate([p.labels for p in parts]),
             attack_types=np.concatenate([p.attack_types for p in parts]),
             row_index=np.concatenate([p.row_index for p in parts]),
-            rejected=rejected,
+            rejected=_sum([p.rejected for p in parts], _no_rejects()),
             rows_read=sum(p.rows_read for p in parts),
+            label_notes=_sum([p.label_notes for p in parts], _no_notes()),
         )
 
     def take(self, idx: npt.ArrayLike) -> Traffic:
@@ -77,6 +86,7 @@ class Traffic:
             row_index=self.row_index[index],
             rejected=dict(self.rejected),
             rows_read=self.rows_read,
+            label_notes=dict(self.label_notes),
         )
 
 

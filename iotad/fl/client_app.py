@@ -89,9 +89,8 @@ def _normaliser(
     scaler = scaler_from_config(config)
     if scaler is not None:
         return scaler, residual_from_config(config)
-    scaler = local_steps.local_scaler(splits)
-    residual = None if weights is None else local_steps.residual_stats(splits, weights, scaler)
-    return scaler, residual
+    residual = None if weights is None else local_steps.local_residual(splits, weights)
+    return local_steps.local_scaler(splits), residual
 
 
 def _model_dir(context: Context, config: ConfigRecord) -> Path | None:

@@ -49,12 +49,12 @@ STRATEGIES = ("fedavg", "fedprox", "fedmedian", "fedtrimmedavg", "krum")
 class FederationConfig:
     """The run config (``[tool.flwr.app.config]``, kebab-case keys) the ServerApp uses."""
 
-    num_rounds: int = 20
+    num_rounds: int = 30
     strategy: str = "fedavg"
     fraction_train: float = 1.0
     fraction_evaluate: float = 1.0
     min_nodes: int = 2
-    local_epochs: int = 3
+    local_epochs: int = 2
     batch_size: int = 256
     learning_rate: float = 4e-3
     proximal_mu: float = 0.01

@@ -16,6 +16,7 @@ from iotad.telemetry.spec import (
     SCORE_BUCKETS,
     STARTUP_BUCKETS,
     TASK_BUCKETS,
+    LabelBudget,
     MetricFamilies,
     MetricSpec,
     families,
@@ -131,6 +132,7 @@ class DeviceTelemetry:
             raise ValueError("device name must not be empty")
         self.device = device
         self.metrics = edge_metrics(registry)
+        self._attack_type = LabelBudget()
 
     def prime(self, reject_reasons: Iterable[str] = ()) -> None:
         """Create the agent's counters at 0 so rates and ratios exist before the first event."""
@@ -198,8 +200,9 @@ class DeviceTelemetry:
             hits = np.bincount(inverse, weights=flags, minlength=len(names))
             for name, n, k in zip(names, total, hits, strict=True):
                 if name:
-                    m.labelled_flows.labels(device=d, attack_type=name).inc(int(n))
-                    m.labelled_anomalous_flows.labels(device=d, attack_type=name).inc(int(k))
+                    label = self._attack_type(str(name))
+                    m.labelled_flows.labels(device=d, attack_type=label).inc(int(n))
+                    m.labelled_anomalous_flows.labels(device=d, attack_type=label).inc(int(k))
 
     def windows(self, *, evicted: int, tracked: int, clamped: int, bad_time: int) -> None:
         """Record the window stage's state after a batch: new evictions and clock fixes, keys tracked."""

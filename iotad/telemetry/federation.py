@@ -9,7 +9,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from iotad.telemetry.spec import ROUND_BUCKETS, MetricFamilies, MetricSpec, families
+from iotad.telemetry.spec import ROUND_BUCKETS, LabelBudget, MetricFamilies, MetricSpec, families
 from iotad.telemetry.spec import counter_spec as _c
 from iotad.telemetry.spec import gauge_spec as _g
 from iotad.telemetry.spec import histogram_spec as _h
@@ -107,6 +107,7 @@ class AggregatorTelemetry:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.metrics = fl_metrics(registry)
         self._last_threshold: float | None = None
+        self._attack_type = LabelBudget()
 
     # Launcher ---------------------------------------------------------------------------------------
     def run_started(self, *, planned_rounds: int, resumed_reason: str | None = None) -> None:
@@ -160,7 +161,7 @@ class AggregatorTelemetry:
             self.threshold_set(float(metrics["threshold"]))
         for attack, value in (metrics.get("per_attack_recall") or {}).items():
             if value is not None:
-                m.attack_recall.labels(attack_type=attack).set(float(value))
+                m.attack_recall.labels(attack_type=self._attack_type(attack)).set(float(value))
 
     def threshold_set(self, threshold: float) -> None:
         """Publish the global threshold of a new round (and its change against the previous one).

@@ -15,6 +15,25 @@ import numpy as np
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
 ALLOWED_LABELS = frozenset({"device", "phase", "reason", "attack_type"})
+#: Distinct ``attack_type`` values a process exports; further names (types outside the dataset's 14
+#: come from the data and are unbounded) share the label "other".
+MAX_ATTACK_TYPES = 32
+
+
+class LabelBudget:
+    """The first ``limit`` distinct values of a label pass; later new ones become ``other``."""
+
+    def __init__(self, limit: int = MAX_ATTACK_TYPES, other: str = "other") -> None:
+        self.limit, self.other = limit, other
+        self.seen: set[str] = set()
+
+    def __call__(self, value: str) -> str:
+        if value in self.seen:
+            return value
+        if len(self.seen) < self.limit:
+            self.seen.add(value)
+            return value
+        return self.other
 # Last token of a name (before ``_total``): a base unit, or what a dimensionless number counts.
 UNITS = frozenset(
     {"seconds", "bytes", "ratio", "loss", "score", "round", "rounds", "devices", "runs", "samples",

@@ -133,6 +133,41 @@ def test_score_reports_rejected_rows_and_fails_on_nothing_valid(
     assert (tmp_path / "m.csv").read_text().count("\n") == 11  # header + every valid row
 
 
+def test_unknown_attack_type_spellings_keep_every_row(
+    work: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Regression: an Attack_type spelled otherwise than the release's 14 names lost every row as bad_label."""
+    import csv
+
+    run = tmp_path / "R"
+    assert main(["centralized", "--data", str(work / "D"), "--epochs", "1", "--members", "1", "--out", str(run)]) == 0
+    model = run / "devices" / "device-0" / "model"
+    original = work / "D" / "device-0" / "traffic.csv"
+    with open(original, newline="") as f:
+        rows = list(csv.reader(f))
+    t = rows[0].index("Attack_type")
+    respelled = {"DDoS_UDP": "ddos-udp attack", "Normal": "normal", "XSS": "Teleport"}  # two certain, one unknown
+    for row in rows[1:]:
+        row[t] = respelled.get(row[t], row[t])
+    renamed = tmp_path / "renamed.csv"
+    with open(renamed, "w", newline="") as f:
+        csv.writer(f).writerows(rows)
+
+    assert main(["evaluate", "--model", str(model), "--csv", str(original), "--out", str(tmp_path / "a.json")]) == 0
+    assert main(["evaluate", "--model", str(model), "--csv", str(renamed), "--out", str(tmp_path / "b.json")]) == 0
+    a, b = (json.loads((tmp_path / n).read_text()) for n in ("a.json", "b.json"))
+    assert (b["n_normal"], b["n_attack"]) == (a["n_normal"], a["n_attack"]) and b["rejected"] == a["rejected"]
+    assert b["per_attack_recall"]["Teleport"] == a["per_attack_recall"]["XSS"] and "XSS" not in b["per_attack_recall"]
+    assert b["per_attack_recall"]["DDoS_UDP"] == a["per_attack_recall"]["DDoS_UDP"]
+    xss = sum(row[t] == "Teleport" for row in rows[1:])
+    assert xss > 0 and b["label_notes"] == {"unknown_type": xss, "label_type_mismatch": 0, "label_from_type": 0}
+
+    capsys.readouterr()
+    assert main(["score", "--model", str(model), "--csv", str(renamed), "--out", str(tmp_path / "s.csv")]) == 0
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"scored {len(rows) - 1} of {len(rows) - 1} rows" in err and f"kept with unknown_type {xss}" in err
+
+
 def test_unusable_input_is_a_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bad = tmp_path / "bad.csv"
     bad.write_text("a,b,c\n1,2,3\n")

@@ -117,3 +117,24 @@ def test_merged_residual_scale_equals_centralised(device_splits: list, global_mo
     calib = Traffic.concat([s.calibration for s in device_splits]).features
     pooled = reconstruction_errors(model, scaler.transform(calib), feature_weights=merged.weights)
     assert np.array_equal(hist, error_histogram(pooled))
+
+
+def test_local_normaliser_is_remembered_by_content_and_never_stale(device_splits: list,
+                                                                   global_model: list[np.ndarray]) -> None:
+    from dataclasses import replace
+
+    from iotad.core.normalisation import QUANTILE, fit_scaler
+
+    splits = device_splits[0]
+    scaler = local_steps.local_scaler(splits)
+    assert local_steps.local_scaler(splits) is scaler  # a second message of the same process refits nothing
+    x = splits.evaluation.features
+    assert np.array_equal(scaler.transform(x), fit_scaler(splits.train.features, QUANTILE).transform(x))
+    changed = replace(splits, train=splits.train.take(np.arange(len(splits.train) - 1)))
+    assert local_steps.local_scaler(changed) is not scaler  # other rows, another scaler
+
+    residual = local_steps.local_residual(splits, global_model)
+    assert local_steps.local_residual(splits, global_model) is residual
+    np.testing.assert_array_equal(residual.sumsq, local_steps.residual_stats(splits, global_model, scaler).sumsq)
+    moved = [w + 0.01 for w in global_model]
+    assert not np.array_equal(local_steps.local_residual(splits, moved).sumsq, residual.sumsq)

@@ -9,9 +9,12 @@ import pytest
 from iotad.data.encoding import (
     BAD_LABEL,
     KEPT,
+    LABEL_FROM_TYPE,
+    LABEL_TYPE_MISMATCH,
     NON_FINITE,
     NON_NUMERIC,
     SHIFTED,
+    UNKNOWN_TYPE,
     SchemaError,
     canonical_token,
     category_codes,
@@ -19,6 +22,7 @@ from iotad.data.encoding import (
     parse_number,
     parse_numeric_column,
     row_hashes,
+    type_name,
 )
 from iotad.data.schema import (
     CATEGORICAL_COLUMNS,
@@ -30,6 +34,7 @@ from iotad.data.schema import (
     NUMERIC_COLUMNS,
     RAW_COLUMNS,
     TYPE_COLUMN,
+    UNNAMED_ATTACK,
 )
 
 
@@ -147,6 +152,8 @@ def test_reject_reasons_and_priority() -> None:
                 {LABEL_COLUMN: "", TYPE_COLUMN: "Normal"},
                 {LABEL_COLUMN: "1.0", TYPE_COLUMN: " MITM "},
                 {"tcp.connection.fin": "1.0", "mqtt.conflag.cleansess": "0x00000001"},
+                {LABEL_COLUMN: "", TYPE_COLUMN: "Teleport"},  # neither column says whether it is normal
+                {LABEL_COLUMN: "yes", TYPE_COLUMN: ""},
             ]
         )
     )
@@ -156,13 +163,37 @@ def test_reject_reasons_and_priority() -> None:
         NON_FINITE,
         SHIFTED,
         SHIFTED,
-        BAD_LABEL,
-        BAD_LABEL,
-        BAD_LABEL,
         KEPT,
         KEPT,
+        KEPT,
+        KEPT,
+        KEPT,
+        BAD_LABEL,
+        BAD_LABEL,
     ]
     assert enc.labels[[0, 8]].tolist() == [0, 1]
+    # The label wins and the row is kept; a known type stands in for an unreadable label; each counted.
+    assert enc.labels[5:8].tolist() == [1, 1, 0]
+    assert enc.attack_types[5:9].tolist() == [UNNAMED_ATTACK, "Teleport", "Normal", "MITM"]
+    assert enc.note[5:10].tolist() == [LABEL_TYPE_MISMATCH, UNKNOWN_TYPE, LABEL_FROM_TYPE, KEPT, KEPT]
+
+
+@pytest.mark.parametrize(("raw", "name"), [
+    ("DDoS_UDP", "DDoS_UDP"), (" ddos-udp ", "DDoS_UDP"), ("DDoS UDP", "DDoS_UDP"), ("MITM_attack", "MITM"),
+    ("port scanning attack", "Port_Scanning"), ("normal", "Normal"), ("Normal_attack", "Normal_attack"),
+    ("Brute force!", "Brute_force"), ("x" * 40, "x" * 32), ("", ""),
+])
+def test_type_name_maps_only_certain_respellings(raw: str, name: str) -> None:
+    assert type_name(raw) == name
+
+
+def test_label_disagreeing_with_type_is_kept_by_the_label() -> None:
+    enc = encode_frame(frame([{LABEL_COLUMN: "0", TYPE_COLUMN: "XSS"}, {LABEL_COLUMN: "0", TYPE_COLUMN: "Benign"},
+                              {LABEL_COLUMN: "1", TYPE_COLUMN: ""}]))
+    assert enc.reason.tolist() == [KEPT, KEPT, KEPT]
+    assert enc.labels.tolist() == [0, 0, 1]
+    assert enc.attack_types.tolist() == ["Normal", "Normal", UNNAMED_ATTACK]
+    assert enc.note.tolist() == [LABEL_TYPE_MISMATCH, UNKNOWN_TYPE, UNKNOWN_TYPE]
 
 
 def test_unlabelled_frame() -> None:

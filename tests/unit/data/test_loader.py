@@ -42,19 +42,23 @@ def write_rows(path: Path, header: list[str], rows: list[list[str]], newline: st
 def test_quirks_fixture_counts_every_reason() -> None:
     t = load_traffic(QUIRKS)
     assert t.rows_read == 17
+    # Row 10 (label "2", type DDoS_UDP) takes its label from the type and is then a duplicate of row 2.
     assert t.rejected == {"column_count": 3, "non_numeric": 1, "non_finite": 2, "shifted": 1,
-                          "bad_label": 3, "duplicate": 2}
+                          "bad_label": 0, "duplicate": 3}
     assert len(t) + sum(t.rejected.values()) == t.rows_read
-    assert t.row_index.tolist() == [0, 2, 13, 14, 15]
-    assert t.labels.tolist() == [0, 1, 1, 0, 0]
-    assert list(t.attack_types) == ["Normal", "DDoS_UDP", "SQL_injection", "Normal", "Normal"]
-    assert t.features.dtype == np.float32 and t.features.shape == (5, N_FEATURES)
-    f = {name: t.features[:, i] for i, name in enumerate(FEATURE_NAMES)}
+    # Row 11 (type "Teleport") is kept under its own name, row 12 (label 0, type DDoS_TCP) by its label.
+    assert t.label_notes == {"unknown_type": 1, "label_type_mismatch": 1, "label_from_type": 0}
+    assert t.row_index.tolist() == [0, 2, 11, 12, 13, 14, 15]
+    assert t.labels.tolist() == [0, 1, 1, 0, 1, 0, 0]
+    assert list(t.attack_types) == ["Normal", "DDoS_UDP", "Teleport", "Normal", "SQL_injection", "Normal", "Normal"]
+    assert t.features.dtype == np.float32 and t.features.shape == (7, N_FEATURES)
+    f = {name: t.features[[0, 1, 4, 5, 6], i] for i, name in enumerate(FEATURE_NAMES)}  # rows 0, 2, 13, 14, 15
     assert f["tcp.flags"].tolist() == [24.0, 0.0, 24.0, 24.0, 24.0]  # hex parsed
     assert f["tcp.checksum"][0] == 0xA1B2
     assert f["dns.qry.name.len=1"].tolist() == [0, 0, 0, 1, 0]  # "1.0" is the vocabulary's "1"
     assert f["http.request.method=GET"].tolist() == [0, 0, 1, 0, 0]  # row with quoted commas parsed
     assert f["mqtt.topic=<other>"].tolist() == [0, 0, 0, 0, 1]
+    assert load_traffic(QUIRKS, dedupe=False).label_notes["label_from_type"] == 1
 
 
 def test_rows_differing_only_in_empty_spelling_are_duplicates() -> None:
@@ -107,7 +111,7 @@ def test_multiple_files_number_rows_across_files() -> None:
     assert t.row_index.tolist() == single.row_index.tolist() + (single.row_index + 17).tolist()
     deduped = load_traffic([QUIRKS, QUIRKS])
     assert len(deduped) == len(load_traffic(QUIRKS))  # the second copy is all duplicates
-    assert deduped.rejected["duplicate"] == 2 + len(single)
+    assert deduped.rejected["duplicate"] == 3 + len(single)  # the first copy's own 3, then all of the second
 
 
 def test_malformed_quotes_and_extreme_widths_are_column_count(tmp_path: Path) -> None:
@@ -175,11 +179,12 @@ def test_header_only_file_and_column_order(tmp_path: Path) -> None:
 
 def test_traffic_take_and_concat() -> None:
     t = load_traffic(QUIRKS)
-    sub = t.take(np.array([2, 0]))
-    assert sub.row_index.tolist() == [13, 0] and sub.rejected == t.rejected
+    sub = t.take(np.array([4, 0]))
+    assert sub.row_index.tolist() == [13, 0] and sub.rejected == t.rejected and sub.label_notes == t.label_notes
     both = Traffic.concat([t, sub])
     assert len(both) == len(t) + 2 and both.rows_read == 2 * t.rows_read
     assert both.rejected["duplicate"] == 2 * t.rejected["duplicate"]
+    assert both.label_notes["unknown_type"] == 2 * t.label_notes["unknown_type"]
     assert len(Traffic.concat([])) == 0
 
 

@@ -121,6 +121,15 @@ def test_device_telemetry_records() -> None:
     assert g("iotad_edge_labelled_flows_total", {**labels, "attack_type": ""}) is None
     assert g("iotad_edge_rejected_rows_total", {**labels, "reason": "shifted"}) == 3
     assert g("iotad_edge_rejected_rows_total", {**labels, "reason": "non_numeric"}) is None
+    # Attack types come from the data (any name is kept): the label's values stay bounded.
+    from iotad.telemetry.spec import MAX_ATTACK_TYPES
+
+    names = [f"type-{k}" for k in range(MAX_ATTACK_TYPES + 10)]
+    dev.scored(np.zeros(len(names)), np.ones(len(names)), seconds=0.001, attack_types=names)
+    series = {s.labels["attack_type"] for m in reg.collect() if m.name == "iotad_edge_labelled_flows"
+              for s in m.samples if s.name.endswith("_total")}
+    assert len(series) == MAX_ATTACK_TYPES + 1 and "other" in series and "DDoS_UDP" in series
+    assert g("iotad_edge_labelled_flows_total", {**labels, "attack_type": "other"}) == 12  # 42 names, 30 places left
     # A device never writes aggregator series.
     assert not [m for m in reg.collect() if m.name.startswith("iotad_fl_")]
 
