@@ -48,7 +48,7 @@ def _counts(*parts: Traffic) -> dict[str, dict[str, int]]:
     for p in parts:
         rejected.update(p.rejected)
         notes.update(p.label_notes)
-    return {"rejected": dict(rejected), "label_notes": dict(notes)}
+    return {"rejected": {k: v for k, v in rejected.items() if v}, "label_notes": {k: v for k, v in notes.items() if v}}
 
 
 def _load_parts(
@@ -59,7 +59,8 @@ def _load_parts(
     if data is not None:
         dirs = device_dirs(data)
         splits = [load_device_splits(d, split_seed, cache_dir=cache, extra=stage_for(feature_set)) for d in dirs]
-        return [d.name for d in dirs], splits, {}, {"data": str(data)}  # counted when the cache was made
+        # Each part of a device's splits carries the counts of the device's whole read: one per device.
+        return [d.name for d in dirs], splits, _counts(*(s.train for s in splits)), {"data": str(data)}
     assert train_csv and eval_csv
     pooled = load_traffic(train_csv, extra=stage_for(feature_set))
     train, calibration = split_normal(pooled, split_seed)

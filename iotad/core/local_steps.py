@@ -145,9 +145,19 @@ def save_global_bundle(
     directory: Path, weights: Sequence[np.ndarray], scaler: AnyScaler, threshold: float, server_round: int,
     *, quantile: float, residual: ResidualScale | None = None, feature_names: Sequence[str] | None = None,
 ) -> Path:
-    """Write the global model the device just evaluated as the bundle its agent serves."""
+    """Write the global model the device just evaluated as the bundle its agent serves.
+
+    Raises
+    ------
+    OSError
+        The bundle could not be written (a full disk): the message says so; the agent's bundle is unchanged.
+    """
     detector = detector_from_weights(
         weights, scaler, threshold, quantile=quantile, round=server_round, feature_names=feature_names,
         metadata={"source": "federated"}, residual_scale=residual,
     )
-    return detector.save(directory)
+    try:
+        return detector.save(directory)
+    except OSError as e:
+        raise OSError(e.errno, f"model bundle of round {server_round} not written to {directory}: {e.strerror}; "
+                               "the agent keeps serving the bundle it has") from e

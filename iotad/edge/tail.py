@@ -13,6 +13,9 @@ from iotad.edge.sources import RawBlock, data_lines, parse_header
 
 log = logging.getLogger(__name__)
 
+# Stands for a line longer than TailSource.MAX_LINE: one field, so the encoder rejects it as column_count.
+OVERLONG_ROW = b"overlong line\n"
+
 
 class TailSource:
     """Follows a CSV that another process appends to, like ``tail -F``.
@@ -20,10 +23,12 @@ class TailSource:
     The first line of the file is its header. Starts at the end of the file (``from_start=False``) or
     at its first data row. Survives rotation (the path names a new file: the old one is drained first)
     and truncation (the file shrank: read again from its header). A partial last line stays buffered
-    until its newline arrives; lines equal to the header (concatenated CSVs) are skipped.
+    until its newline arrives (a line longer than ``MAX_LINE`` is dropped and counted as one bad row,
+    so memory stays bounded); lines equal to the header (concatenated CSVs) are skipped.
     """
 
     CHUNK = 1 << 16
+    MAX_LINE = 1 << 20  # Edge-IIoTset rows are about 1 kB
 
     def __init__(self, path: Path | str, *, from_start: bool = False) -> None:
         self.path = Path(path)
@@ -35,6 +40,7 @@ class TailSource:
         self.header: list[str] = []
         self._header_line = b""
         self._buf = b""
+        self._overlong = False  # dropping the rest of a line longer than MAX_LINE
         self._lines: list[bytes] = []
         self.rotations = 0
         self.truncations = 0
@@ -53,7 +59,7 @@ class TailSource:
         if not self._opened_once and not self.from_start:
             fh.seek(0, os.SEEK_END)
         self._fh, self._ino, self._opened_once = fh, st.st_ino, True
-        self._buf = b""
+        self._buf, self._overlong = b"", False
         self._new_stream = True  # a new (or replaced) file is a new capture for the window statistics
         return True
 
@@ -90,7 +96,7 @@ class TailSource:
             self.rotations += 1
             return self._open()
         if st.st_size < self._fh.tell():
-            self._buf = b""  # a partial line of the old content is gone with it
+            self._buf, self._overlong = b"", False  # a partial line of the old content is gone with it
             self.truncations += 1
             if not self._read_header(self._fh, (st.st_ino, st.st_size)):
                 self._fh.close()
@@ -101,9 +107,11 @@ class TailSource:
 
     def _flush_partial(self) -> None:
         # The old file will not grow any more: its unterminated last line is a (probably cut) row.
-        if self._buf.strip(b"\r\n"):
+        if self._overlong:
+            self._lines.append(OVERLONG_ROW)
+        elif self._buf.strip(b"\r\n"):
             self._lines.append(self._buf + b"\n")
-        self._buf = b""
+        self._buf, self._overlong = b"", False
 
     def _fill(self, want: int) -> None:
         while len(self._lines) < want and self._fh is not None:
@@ -115,8 +123,12 @@ class TailSource:
             self._buf += data
             cut = self._buf.rfind(b"\n")
             if cut < 0:
+                if len(self._buf) > self.MAX_LINE:  # a line that never ends must not grow memory
+                    self._buf, self._overlong = b"", True
                 continue
             complete, self._buf = self._buf[: cut + 1], self._buf[cut + 1 :]
+            if self._overlong:  # its end: the whole line becomes one row of the wrong width (counted)
+                complete, self._overlong = OVERLONG_ROW + complete[complete.find(b"\n") + 1 :], False
             for ln in data_lines(complete):
                 if ln.rstrip(b"\r\n") != self._header_line:
                     self._lines.append(ln)

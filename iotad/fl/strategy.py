@@ -241,7 +241,8 @@ class FederatedTraining:
             if latest.feature_names and latest.feature_names != self.cfg.feature_names:
                 raise RuntimeError(f"the checkpoint in {self.store.root} was trained on other features than "
                                    f"feature-set {self.cfg.feature_set!r}: remove it or set resume = false")
-            weights, scaler, start, history = latest.weights, latest.scaler, latest.round, self.store.history()
+            weights, scaler, start, history = (latest.weights, latest.scaler, latest.round,
+                                                self.store.history(up_to=latest.round))
         else:
             # Global normalisation merges the devices' statistics into one scaler first; local needs none here.
             scaler = self.federated_scaler() if self.cfg.normalisation == GLOBAL else None

@@ -90,12 +90,17 @@ def test_merged_confusion_equals_centralised(device_splits: list, global_model: 
 
 def test_device_splits_are_cached(tmp_path: Path) -> None:
     write_synthetic(tmp_path / "d", devices=1, rows_per_device=300, seed=1)
+    csv = tmp_path / "d" / "device-0" / "traffic.csv"
+    with open(csv, "ab") as f:
+        f.write(b"1,2,3\n")  # a rejected row: its count must survive the cache
     a = load_device_splits(tmp_path / "d" / "device-0", seed=3, cache_dir=tmp_path / "c")
     assert len(list((tmp_path / "c").glob("splits-*.npz"))) == 1
     b = load_device_splits(tmp_path / "d" / "device-0", seed=3, cache_dir=tmp_path / "c")
     for part in ("train", "calibration", "evaluation"):
         assert np.array_equal(getattr(a, part).features, getattr(b, part).features)
         assert list(getattr(a, part).attack_types) == list(getattr(b, part).attack_types)
+        assert getattr(b, part).rejected == a.train.rejected and getattr(b, part).rows_read == a.train.rows_read
+    assert a.train.rejected["column_count"] == 1 and a.train.rows_read == 301
     assert not set(a.train.row_index) & set(a.calibration.row_index)
     assert (a.train.labels == 0).all() and (a.calibration.labels == 0).all()
 

@@ -18,7 +18,7 @@ from iotad.core.shapes import state_dict_names
 from iotad.core.train import get_weights, set_weights
 from iotad.data.schema import FEATURE_NAMES, N_FEATURES
 from iotad.edge.inference import NumpyDetector
-from iotad.fl.checkpoint import Checkpoint, CheckpointStore
+from iotad.fl.checkpoint import Checkpoint, CheckpointError, CheckpointStore
 
 
 def _state(members: int, seed: int = 3) -> tuple[list[np.ndarray], Scaler, ResidualScale, np.ndarray]:
@@ -111,5 +111,5 @@ def test_checkpoint_rejects_weights_that_do_not_fit(tmp_path: Path) -> None:
     meta = json.loads((bundle / BUNDLE_JSON).read_text())
     meta["model"]["members"] = 1
     (bundle / BUNDLE_JSON).write_text(json.dumps(meta))
-    with pytest.raises(BundleError, match=r"weights do not fit the model: expected 16 arrays, got 32"):
+    with pytest.raises(CheckpointError, match=r"weights do not fit the model: expected 16 arrays, got 32"):
         store.latest()
