@@ -12,6 +12,7 @@
 #            tests/e2e/test_compose.py: compose + compose.hostnet.yml, 3 devices, 2 rounds, 1500 rows per
 #            device; training completes, every device detects, every /metrics (127.0.0.1) as expected,
 #            `docker compose down -v` leaves nothing. Device memory peaks and durations -> results.
+#            tests/e2e/test_images.py: no private key in any layer (`docker save`), a non-root user.
 #   arm64    scripts/build-images.sh --arm64-only (QEMU; about 17 min on a fresh machine, seconds when
 #            built), then a smoke run of iotad-client:<version>-arm64 under QEMU: import torch, flwr,
 #            iotad (+ platform.machine()) and `iotad --help`, with the compose hardening flags.
@@ -61,8 +62,8 @@ step_lint() {
 step_compose() {
   timed "build-images amd64" "${IOTAD_E2E_BUILD_TIMEOUT:-1800}" scripts/build-images.sh
   IOTAD_E2E_RESULTS="$OUT/compose.json" IOTAD_VERSION="$VERSION" \
-    timed "e2e compose (pytest)" "${IOTAD_E2E_TEST_TIMEOUT:-1500}" \
-    "$PY" -m pytest -q -s -m e2e tests/e2e/test_compose.py
+    timed "e2e compose and images (pytest)" "${IOTAD_E2E_TEST_TIMEOUT:-1500}" \
+    "$PY" -m pytest -q -s -m e2e tests/e2e/test_compose.py tests/e2e/test_images.py
   [[ ! -f "$OUT/compose.json" ]] || cat "$OUT/compose.json" >&2
 }
 

@@ -13,13 +13,16 @@ import os
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from iotad.core.normalisation import LOCAL
 from iotad.core.runs import data_kind, device_dirs, write_run
 from iotad.core.shapes import DEFAULT_MEMBERS
 from iotad.features.sets import DEFAULT_FEATURE_SET
 from iotad.fl.checkpoint import CheckpointStore
+
+if TYPE_CHECKING:
+    from flwr.clientapp import ClientApp
 
 
 def simulate(
@@ -38,6 +41,7 @@ def simulate(
     feature_set: str = DEFAULT_FEATURE_SET,
     normalisation: str = LOCAL,
     extra_config: dict[str, Any] | None = None,
+    client_app: ClientApp | None = None,
 ) -> dict[str, Any]:
     """Run ``rounds`` federated rounds over the device folders in ``data``; returns the final metrics.
 
@@ -45,6 +49,7 @@ def simulate(
     device's train / calibration / evaluation split, as in :func:`iotad.core.centralized.run_centralized`.
     Each virtual device writes its own complete bundle to ``OUT/devices/device-<k>/model``; ``OUT/model`` is
     the global bundle (under per-device normalisation: the shared weights and threshold only).
+    ``client_app`` replaces iotad's own (benchmarks and tests of hostile devices wrap it).
     """
     found = device_dirs(data)
     n = devices or len(found)
@@ -76,13 +81,13 @@ def simulate(
 
     from flwr.simulation import run_simulation
 
-    from iotad.fl.client_app import app as client_app
+    from iotad.fl.client_app import app as iotad_client_app
     from iotad.fl.server_app import make_server_app
 
     t0 = time.monotonic()
     run_simulation(
         server_app=make_server_app(overrides),
-        client_app=client_app,
+        client_app=client_app or iotad_client_app,
         num_supernodes=n,
         backend_config={
             "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
