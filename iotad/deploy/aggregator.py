@@ -126,7 +126,7 @@ class Aggregator:
         assert self.telemetry is not None
         history = CheckpointStore(self.checkpoint_dir).history()
         for rec in history:
-            failed = {"missing": rec.devices_failed} if rec.devices_failed else {}
+            failed = rec.failures()
             self.telemetry.round_started(rec.round)
             self.telemetry.round_finished(
                 seconds=rec.duration_seconds, participating=rec.devices_participating, failed=failed,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +24,8 @@ from iotad.deploy.processes import (
     free_port,
 )
 
+log = logging.getLogger(__name__)
+
 NodeConfig = Mapping[str, Any]
 
 
@@ -39,6 +42,8 @@ class Device:
     proc: ManagedProcess | None = None
     flwr_home: Path | None = None
     expect_refusal: bool = False  # unregistered, or started with overrides meant to be refused (tests)
+    restarts: int = 0
+    restarted_at: float = 0.0  # time.monotonic() of the last restart
 
 
 @dataclass
@@ -134,6 +139,25 @@ class DeviceFleet:
         env = {"FLWR_HOME": str(dev.flwr_home), "IOTAD_DEVICE": name, **dev.env}
         dev.proc = self.registry.spawn(f"supernode:{name}", argv, self.logs / f"supernode-{name}.log", env=env)
         return dev.proc
+
+    def restart_dead_devices(self, max_delay: float = 30.0) -> list[str]:
+        """Start again every device whose SuperNode died, as a container's restart policy does: with a delay
+        that doubles per restart up to ``max_delay`` s (a killed device's old session stays online on the
+        SuperLink for up to a minute, and it refuses the key until then). A device meant to be refused is
+        left alone. Returns the devices restarted."""
+        restarted = []
+        now = time.monotonic()
+        for name, dev in self.devices.items():
+            if dev.proc is None or dev.proc.alive() or dev.expect_refusal:
+                continue
+            if now - dev.restarted_at < min(2.0 ** dev.restarts, max_delay):
+                continue
+            log.warning("device %s: SuperNode exited with %s; restarting it", name, dev.proc.poll())
+            self.start_device(name)
+            dev.restarts += 1
+            dev.restarted_at = now
+            restarted.append(name)
+        return restarted
 
     def add_device(
         self, name: str, node_config: NodeConfig | None = None, env: Mapping[str, str] | None = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -53,6 +54,7 @@ def run_local_stack(
     run_timeout: float | None = 1800.0,
     extra_run_config: Mapping[str, Any] | None = None,
     agent_args: Sequence[str] = (),
+    device_superlink: Mapping[str, str] | None = None,
     out: Any = None,
 ) -> list[RunResult]:
     """Data, certificates, SuperLink, N SuperNodes + agents, the aggregator exporter; R rounds.
@@ -60,6 +62,7 @@ def run_local_stack(
     Everything lands in ``workdir``: ``data/``, ``certs/``, ``state/``, ``checkpoints/``, ``logs/``,
     ``devices/<name>/{metrics,model,cache}``, ``targets/`` (Prometheus file_sd) and
     ``endpoints.json``. Stops everything it started on return, on an exception, Ctrl-C or SIGTERM.
+    ``device_superlink`` routes a device to another Fleet API address (a network-fault test's TCP relay).
     """
     say = out or (lambda msg: print(msg, flush=True))
     w = Path(workdir).resolve()
@@ -101,13 +104,21 @@ def run_local_stack(
         metrics_port=free_port(), metrics_host=HOST, run_timeout=run_timeout, join_timeout=180.0,
     )
     results: list[RunResult] = []
+    stopping = threading.Event()
+
+    def restart_dead_devices() -> None:  # the local stand-in for the containers' restart policy
+        while not stopping.wait(1.0):
+            for name in fed.restart_dead_devices():
+                say(f"{name}: SuperNode died; restarted (restart {fed.devices[name].restarts})")
+
+    watchdog = threading.Thread(target=restart_dead_devices, name="device-watchdog", daemon=True)
     with sigterm_as_keyboard_interrupt():
         try:
             agg.start()
             device_ports: dict[str, int] = {}
             for name in names:
                 prepare_multiproc_dir(dev_dir(name) / "metrics", wipe=True)
-                fed.start_device(name)
+                fed.start_device(name, superlink=(device_superlink or {}).get(name))
                 port = free_port()
                 argv = [
                     sys.executable, "-m", "iotad.cli", "-v", "agent", "--device", name,
@@ -131,6 +142,7 @@ def run_local_stack(
             for n, url in endpoints.devices.items():
                 say(f"{n} /metrics: {url}")
             say(f"Prometheus file_sd targets: {w / 'targets'}   logs: {fed.logs}")
+            watchdog.start()
             results = agg.train()
             for k, att in enumerate(agg.status.attempts, start=1):
                 say(f"run attempt {k}: run {att.run_id} {att.status} (from round {att.resume_from_round}, "
@@ -143,6 +155,9 @@ def run_local_stack(
         except KeyboardInterrupt:
             say("interrupted: stopping everything")
         finally:
+            stopping.set()
+            if watchdog.is_alive():
+                watchdog.join(10)
             agg.stop()
     return results
 

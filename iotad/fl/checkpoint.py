@@ -57,6 +57,13 @@ class RoundRecord:
     model_bytes: int
     finished_at: float = field(default_factory=time.time)
 
+    def failures(self) -> dict[str, int]:
+        """Devices lost in the round, by reason: the screen's (``error``: a device gone or crashed; or the
+        poisoning it caught), ``missing`` for the rest (no reply before the round's timeout)."""
+        failed = {reason: n for reason, n in self.rejected_updates.items() if n}
+        missing = self.devices_failed - sum(failed.values())
+        return {**failed, "missing": missing} if missing > 0 else failed
+
 
 @dataclass
 class Checkpoint:

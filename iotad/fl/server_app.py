@@ -78,7 +78,7 @@ def make_server_app(overrides: dict[str, Any] | None = None) -> ServerApp:
 
         def publish(record: RoundRecord) -> None:
             telemetry.round_started(record.round)
-            failed = {"missing": record.devices_failed} if record.devices_failed else {}
+            failed = record.failures()
             telemetry.round_finished(
                 seconds=record.duration_seconds, participating=record.devices_participating, failed=failed,
                 train_loss=record.train_loss, model_bytes=record.model_bytes,

@@ -54,6 +54,7 @@ class FederationConfig:
     fraction_train: float = 1.0
     fraction_evaluate: float = 1.0
     min_nodes: int = 2
+    min_replies: int = 1
     local_epochs: int = 2
     batch_size: int = 256
     learning_rate: float = 4e-3
@@ -255,6 +256,12 @@ class FederatedTraining:
             messages = list(self.strategy.configure_train(server_round, arrays, config, self.grid))
             replies = list(self.grid.send_and_receive(messages, timeout=self.cfg.round_timeout))
             valid, rejected = screen_updates(replies, arrays.to_numpy_ndarrays())
+            if len(valid) < self.cfg.min_replies:
+                raise RuntimeError(f"round {server_round}: {len(valid)} usable updates of {len(messages)}, "
+                                   f"min-replies is {self.cfg.min_replies} (rejected: {dict(rejected)})")
+            if rejected:
+                log.warning("round %d: %d of %d updates rejected %s; going on with the rest", server_round,
+                            sum(rejected.values()), len(messages), dict(rejected))
             aggregated, train_metrics = self.strategy.aggregate_train(server_round, in_content_order(valid))
             if aggregated is None:
                 raise RuntimeError(f"round {server_round}: no usable update (rejected: {dict(rejected)})")

@@ -46,7 +46,7 @@ def test_default_stack_properties() -> None:
     assert services["device"]["scale"] == 3
     for name in ("aggregator", "device", "init"):
         s = services[name]
-        assert s["read_only"] is True and s["cap_drop"] == ["ALL"], name
+        assert s["read_only"] is True and s["cap_drop"] == ["ALL"] and s["init"] is True, name
         assert "no-new-privileges:true" in s["security_opt"], name
         assert any(t.startswith("/tmp") for t in s["tmpfs"]), name
         assert ":latest" not in s["image"] and s["pull_policy"] in ("never", "build"), name

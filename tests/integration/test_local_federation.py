@@ -150,7 +150,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 
 def test_two_rounds_over_tls_with_authenticated_devices(stack: Stack) -> None:
-    status = stack.wait_trained(timeout=200)
+    status = stack.wait_trained(timeout=360)
     assert status["state"] == "completed", status
     assert status["completed_rounds"] == 2
     assert [a["status"] for a in status["attempts"]] == ["finished:completed"]
@@ -180,7 +180,7 @@ def test_fleet_api_is_grpc_over_tls13(stack: Stack) -> None:
 
 
 def test_every_device_exports_training_and_detection(stack: Stack) -> None:
-    stack.wait_trained(timeout=200)
+    stack.wait_trained(timeout=360)
     devices = stack.endpoints()["devices"]
     assert len(devices) == 3
     for name, url in devices.items():
@@ -197,7 +197,7 @@ def test_every_device_exports_training_and_detection(stack: Stack) -> None:
 
 
 def test_aggregator_exports_rounds_and_quality(stack: Stack) -> None:
-    stack.wait_trained(timeout=200)
+    stack.wait_trained(timeout=360)
     s = scrape(stack.endpoints()["aggregator"])
     assert sample(s, "iotad_fl_completed_rounds_total") == 2  # written by the flwr-serverapp process
     assert sample(s, "iotad_fl_current_round") == 2
