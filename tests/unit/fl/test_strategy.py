@@ -128,3 +128,43 @@ def test_simulate_passes_its_split_seed_to_the_run_config(
     with pytest.raises(Stop):
         simulate(tmp_path, rounds=1, out=tmp_path / "F", seed=3, split_seed=split_seed)
     assert (seen["split-seed"], seen["model-seed"]) == (expected, 3)
+
+
+class _Grid:
+    """Three connected devices; every train message is answered by ``answer(message, index)``."""
+
+    def __init__(self, answer: object) -> None:
+        self.answer = answer
+
+    def get_node_ids(self) -> list[int]:
+        return [11, 12, 13]
+
+    def send_and_receive(self, messages: object, timeout: float | None = None) -> list[Message]:
+        assert callable(self.answer)
+        return [self.answer(m, i) for i, m in enumerate(list(messages))]  # type: ignore[call-overload]
+
+
+def test_a_round_needs_min_replies_usable_updates(tmp_path: Path) -> None:
+    from flwr.app import Error
+
+    from iotad.fl.checkpoint import CheckpointStore
+    from iotad.fl.strategy import FederatedTraining
+
+    def answer(msg: Message, i: int) -> Message:
+        if i == 0:
+            return _reply([np.full((3, 2), np.nan, np.float32), np.ones(2, np.float32)])  # screened
+        return Message(Error(code=5, reason="node offline"), reply_to=msg)  # a device gone
+
+    cfg = FederationConfig(num_rounds=1, min_nodes=3, min_replies=1, checkpoint_dir=str(tmp_path))
+    training = FederatedTraining(_Grid(answer), cfg, CheckpointStore(tmp_path), initial_weights=lambda: REFERENCE)
+    with pytest.raises(RuntimeError, match=r"round 1: 0 usable updates of 3, min-replies is 1 \(rejected: "
+                                           r"\{'non_finite': 1, 'error': 2\}\)"):
+        training.run()
+
+
+def test_round_failures_are_counted_by_reason() -> None:
+    from iotad.fl.checkpoint import RoundRecord
+
+    record = RoundRecord(2, 0.1, 2, 3, {"error": 1, "non_finite": 1, "shape": 0}, 0.5, {}, 1.0, 10)
+    assert record.failures() == {"error": 1, "non_finite": 1, "missing": 1}
+    assert RoundRecord(1, 0.1, 3, 0, {}, 0.5, {}, 1.0, 10).failures() == {}
