@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.test_local_federation import local_stack, marked_pids, sample, scrape
+from tests.integration.test_local_federation import device_ready, local_stack, marked_pids, sample, scrape
 from tests.integration.test_restart import _latest
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
@@ -45,6 +45,8 @@ def test_a_device_killed_mid_round_is_counted_restarted_and_trains_again(tmp_pat
     with local_stack(workdir, "--devices", "3", "--rounds", "3", "--rows-per-device", "1200", "--local-epochs", "1",
                      "--rate", "50") as stack:
         stack.wait_for("round 1 checkpoint", lambda: _latest(workdir) >= 1, timeout=150, poll=0.2)
+        agent = stack.endpoints()["devices"]["device-1"]
+        stack.wait_for("device-1's agent scoring with round 1", device_ready(agent, "device-1", 1), timeout=60)
         group: int | None = None
 
         def clientapp_running() -> bool:
@@ -54,15 +56,15 @@ def test_a_device_killed_mid_round_is_counted_restarted_and_trains_again(tmp_pat
 
         stack.wait_for("device-1 running a ClientApp of round 2", clientapp_running, timeout=60, poll=0.05)
         assert group is not None and _latest(workdir) == 1
-        agent = stack.endpoints()["devices"]["device-1"]
         scored_at_kill = sample(scrape(agent), "iotad_edge_scored_flows_total", device="device-1") or 0
         os.killpg(group, signal.SIGKILL)  # the SuperNode, its SuperExec and the running ClientApp
         killed_at = time.time()
 
-        time.sleep(5)  # the device is down: its agent goes on with round 1's model
-        during = scrape(agent)
-        assert (sample(during, "iotad_edge_scored_flows_total", device="device-1") or 0) > scored_at_kill
-        assert sample(during, "iotad_edge_model_round", device="device-1") == 1
+        # The device is down: its agent goes on with round 1's model.
+        stack.wait_for("device-1's agent scoring on", lambda: (sample(
+            scrape(agent), "iotad_edge_scored_flows_total", device="device-1") or 0) > scored_at_kill, timeout=30)
+        assert sample(scrape(agent), "iotad_edge_model_round", device="device-1") == 1
+        assert _latest(workdir) == 1  # still in round 2
 
         status = stack.wait_trained(timeout=420)
         assert status["state"] == "completed", status
