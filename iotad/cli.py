@@ -14,8 +14,12 @@ import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
+
+if TYPE_CHECKING:
+    from iotad.telemetry.exporter import MetricsTLS
 
 err = Console(stderr=True)
 
@@ -106,9 +110,26 @@ def _agent(a: argparse.Namespace) -> None:
         metrics_dir=a.metrics_dir, metrics_port=a.metrics_port, metrics_host=a.metrics_host, rate=a.rate,
         batch_size=a.batch_size, only_attacks=a.only_attacks, only_normal=a.only_normal, burst_rows=a.burst_rows,
         burst_every=a.burst_every, from_start=a.from_start, poll_interval=a.poll, threads=a.threads,
+        metrics_tls=_metrics_tls(a),
     ))
     if code:
         sys.exit(code)
+
+
+def _metrics_tls(a: argparse.Namespace) -> MetricsTLS | None:
+    from iotad.telemetry.exporter import MetricsTLS
+
+    return MetricsTLS.from_values(a.metrics_tls_cert, a.metrics_tls_key, a.metrics_client_ca)
+
+
+def _add_metrics_tls(s: argparse.ArgumentParser) -> None:
+    from iotad.telemetry.exporter import TLS_CERT_ENV, TLS_CLIENT_CA_ENV, TLS_KEY_ENV
+
+    s.add_argument("--metrics-tls-cert", default=_env(TLS_CERT_ENV),
+                   help=f"serve /metrics over HTTPS with this certificate (${TLS_CERT_ENV})")
+    s.add_argument("--metrics-tls-key", default=_env(TLS_KEY_ENV), help=f"its private key (${TLS_KEY_ENV})")
+    s.add_argument("--metrics-client-ca", default=_env(TLS_CLIENT_CA_ENV),
+                   help=f"scrapers must present a client certificate this CA signed (${TLS_CLIENT_CA_ENV})")
 
 
 def _aggregator(a: argparse.Namespace) -> None:
@@ -122,7 +143,7 @@ def _aggregator(a: argparse.Namespace) -> None:
     code = run_aggregator(
         state_dir=a.state_dir, certs_dir=a.certs_dir, keys_dir=a.keys_dir, rounds=a.rounds,
         min_nodes=a.min_nodes, app_dir=a.app_dir, fleet_address=a.fleet_address, control_port=a.control_port,
-        metrics_port=a.metrics_port, metrics_host=a.metrics_host,
+        metrics_port=a.metrics_port, metrics_host=a.metrics_host, metrics_tls=_metrics_tls(a),
         run_config={"local-epochs": a.local_epochs, **run_config}, join_timeout=a.join_timeout,
         run_timeout=a.run_timeout or None, max_attempts=a.max_attempts, exit_after_training=a.exit_after_training,
     )
@@ -269,6 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--from-start", action="store_true", help="tail: score the rows already in the file")
     s.add_argument("--poll", type=float, default=1.0, help="seconds between model-bundle checks")
     s.add_argument("--threads", type=int, default=1, help="BLAS threads for scoring (numpy)")
+    _add_metrics_tls(s)
     s.set_defaults(func=_agent)
 
     s = sub.add_parser("aggregator", help="aggregator: SuperLink (TLS, node auth), run supervision, /metrics")
@@ -288,6 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--run-timeout", type=float, default=7200.0, help="seconds per run attempt (0: none)")
     s.add_argument("--max-attempts", type=int, default=5)
     s.add_argument("--exit-after-training", action="store_true")
+    _add_metrics_tls(s)
     s.set_defaults(func=_aggregator)
 
     s = sub.add_parser("device", help="device: SuperNode + agent in one supervised group")

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Generate the TLS material and SuperNode authentication keys of an iotad federation.
 #
-#   gen-certs.sh [--force] [--dns NAME]... [--devices N | --device NAME...] OUTDIR
+#   gen-certs.sh [--force] [--metrics] [--dns NAME]... [--devices N | --device NAME...] OUTDIR
 #
 # OUTDIR/ca.crt, ca.key          private CA that signs the aggregator certificate
 # OUTDIR/server.pem, server.key  aggregator (SuperLink) certificate; SANs: every --dns NAME
@@ -11,6 +11,13 @@
 #                                one ECDSA P-384 key pair per device, OpenSSH format: the format
 #                                `flower-supernode --auth-supernode-private-key` (load_ssh_private_key) and
 #                                `flwr supernode register` (load_ssh_public_key) read in flwr 1.39.
+# With --metrics, for /metrics over HTTPS with client-certificate auth (docs/monitoring.md):
+# OUTDIR/devices/<name>/metrics.pem, metrics.key
+#                                the device exporter's certificate; SANs DNS:<name>, DNS:device,
+#                                DNS:localhost, IP:127.0.0.1 (the aggregator's exporter uses server.pem)
+# OUTDIR/prometheus/client.pem, client.key
+#                                Prometheus's client certificate (clientAuth): the only certificate the
+#                                exporters accept, as the CA's other certificates are for servers only
 #
 # --devices N names the devices device-0 .. device-(N-1); --device NAME (repeatable) names them explicitly.
 # Idempotent: existing files are kept (a device key pair is kept as a pair); --force regenerates everything
@@ -23,6 +30,7 @@ usage() {
 }
 
 force=0
+metrics=0
 dns_names=()
 devices=()
 n_devices=""
@@ -30,6 +38,7 @@ outdir=""
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --force) force=1; shift ;;
+        --metrics) metrics=1; shift ;;
         --dns) [[ $# -ge 2 ]] || usage; dns_names+=("$2"); shift 2 ;;
         --devices) [[ $# -ge 2 ]] || usage; n_devices="$2"; shift 2 ;;
         --device) [[ $# -ge 2 ]] || usage; devices+=("$2"); shift 2 ;;
@@ -131,6 +140,43 @@ for name in "${devices[@]}"; do
         report kept "$ddir/node_key.pub"
     fi
 done
+
+# --- metrics TLS (--metrics) -----------------------------------------------------------------------
+# issue KEY PEM SUBJECT SAN|- EKU: a certificate the CA signs, kept when present, signed by this CA and
+# (unless --force) not older than the CA.
+issue() {
+    local key="$1" pem="$2" subject="$3" san="$4" eku="$5"
+    if [[ $force -eq 0 && $regen_ca -eq 0 && -s "$pem" && -s "$key" ]] &&
+        openssl verify -CAfile "$outdir/ca.crt" "$pem" >/dev/null 2>&1; then
+        report kept "$pem"
+        return
+    fi
+    openssl ecparam -name prime256v1 -genkey -noout -out "$tmp/leaf.key" 2>/dev/null
+    openssl req -new -key "$tmp/leaf.key" -subj "$subject" -out "$tmp/leaf.csr" 2>/dev/null
+    {
+        echo "basicConstraints=critical,CA:FALSE"
+        echo "keyUsage=critical,digitalSignature,keyEncipherment"
+        echo "extendedKeyUsage=$eku"
+        [[ "$san" == "-" ]] || echo "subjectAltName=$san"
+    } >"$tmp/leaf.ext"
+    openssl x509 -req -in "$tmp/leaf.csr" -CA "$outdir/ca.crt" -CAkey "$outdir/ca.key" \
+        -CAcreateserial -CAserial "$tmp/ca.srl" -days 825 -sha384 -extfile "$tmp/leaf.ext" \
+        -out "$tmp/leaf.pem" 2>/dev/null
+    mv "$tmp/leaf.key" "$key"
+    mv "$tmp/leaf.pem" "$pem"
+    chmod 600 "$key"
+    chmod 644 "$pem"
+    report created "$pem"
+}
+if [[ $metrics -eq 1 ]]; then
+    mkdir -p "$outdir/prometheus"
+    issue "$outdir/prometheus/client.key" "$outdir/prometheus/client.pem" "/CN=prometheus" - clientAuth
+    for name in "${devices[@]}"; do
+        issue "$outdir/devices/$name/metrics.key" "$outdir/devices/$name/metrics.pem" "/CN=$name" \
+            "DNS:$name,DNS:device,DNS:localhost,IP:127.0.0.1" serverAuth
+    done
+    chmod 755 "$outdir/prometheus"
+fi
 
 # Private keys 600; certificates, public keys and directories readable (shared with devices and the CLI).
 chmod 755 "$outdir"; [[ ! -d "$outdir/devices" ]] || chmod 755 "$outdir/devices"

@@ -34,6 +34,7 @@ from iotad.deploy.status import AggregatorStatus, Attempt, latest_round
 from iotad.telemetry.exporter import (
     MULTIPROC_ENV,
     MetricsServer,
+    MetricsTLS,
     configure_multiprocess,
     prepare_multiproc_dir,
     serve_metrics,
@@ -82,6 +83,7 @@ class Aggregator:
         min_nodes: int = 2,
         metrics_port: int = DEFAULT_METRICS_PORT,
         metrics_host: str = "127.0.0.1",
+        metrics_tls: MetricsTLS | None = None,
         join_timeout: float = 600.0,
         run_timeout: float | None = 7200.0,
         max_attempts: int = 5,
@@ -95,6 +97,7 @@ class Aggregator:
         self.min_nodes = int(min_nodes)
         self.metrics_port = metrics_port
         self.metrics_host = metrics_host
+        self.metrics_tls = metrics_tls
         self.join_timeout = join_timeout
         self.run_timeout = run_timeout
         self.max_attempts = max_attempts
@@ -112,7 +115,7 @@ class Aggregator:
         """Wipe the multiprocess directory, switch this process to it, serve ``/metrics``."""
         prepare_multiproc_dir(self.multiproc_dir, wipe=True)
         configure_multiprocess(self.multiproc_dir)
-        self.server = serve_metrics(self.metrics_port, self.metrics_host)
+        self.server = serve_metrics(self.metrics_port, self.metrics_host, tls=self.metrics_tls)
         self.status.metrics_url = self.server.url
         self.telemetry = AggregatorTelemetry()
         self._republish_history()
@@ -267,6 +270,7 @@ def run_aggregator(
     control_port: int = DEFAULT_CONTROL_PORT,
     metrics_port: int = DEFAULT_METRICS_PORT,
     metrics_host: str = "0.0.0.0",
+    metrics_tls: MetricsTLS | None = None,
     run_config: Mapping[str, Any] | None = None,
     join_timeout: float = 600.0,
     run_timeout: float | None = 7200.0,
@@ -284,7 +288,7 @@ def run_aggregator(
     agg = Aggregator(
         fed, rounds=rounds, checkpoint_dir=state / "checkpoints", multiproc_dir=state / "metrics",
         run_config=run_config, min_nodes=min_nodes, metrics_port=metrics_port, metrics_host=metrics_host,
-        join_timeout=join_timeout, run_timeout=run_timeout, max_attempts=max_attempts,
+        metrics_tls=metrics_tls, join_timeout=join_timeout, run_timeout=run_timeout, max_attempts=max_attempts,
     )
     code = 0
     with sigterm_as_keyboard_interrupt():

@@ -41,6 +41,15 @@ class CertPaths:
         """OpenSSH ECDSA P-384 private key, for ``flower-supernode --auth-supernode-private-key``."""
         return self.device_dir(name) / "node_key"
 
+    def device_metrics_cert(self, name: str) -> tuple[Path, Path]:
+        """The device exporter's certificate and key (``gen-certs.sh --metrics``)."""
+        return self.device_dir(name) / "metrics.pem", self.device_dir(name) / "metrics.key"
+
+    @property
+    def prometheus_client_cert(self) -> tuple[Path, Path]:
+        """Prometheus's client certificate and key (``gen-certs.sh --metrics``)."""
+        return self.root / "prometheus" / "client.pem", self.root / "prometheus" / "client.key"
+
     def device_public_key(self, name: str) -> Path:
         """OpenSSH public key, for ``flwr supernode register``."""
         return self.device_dir(name) / "node_key.pub"
@@ -64,6 +73,7 @@ def generate_certs(
     devices: Sequence[str] = (),
     dns_names: Sequence[str] = ("aggregator",),
     force: bool = False,
+    metrics: bool = False,
     timeout: float = 60.0,
 ) -> CertPaths:
     """Create (or keep) the CA, the aggregator certificate and one key pair per device.
@@ -81,6 +91,8 @@ def generate_certs(
     argv = ["bash", str(find_gen_certs_script())]
     if force:
         argv.append("--force")
+    if metrics:  # certificates for /metrics over HTTPS with client-certificate auth
+        argv.append("--metrics")
     for name in dns_names:
         argv += ["--dns", name]
     for name in devices:

@@ -14,7 +14,7 @@ from iotad.edge.reload import Loader, load_numpy_detector
 from iotad.edge.sources import ReplaySource
 from iotad.edge.tail import TailSource
 from iotad.telemetry.device import DeviceTelemetry
-from iotad.telemetry.exporter import configure_multiprocess, serve_metrics
+from iotad.telemetry.exporter import MetricsTLS, configure_multiprocess, serve_metrics
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +30,7 @@ class AgentOptions:
     metrics_dir: Path | None = None
     metrics_port: int = DEFAULT_METRICS_PORT
     metrics_host: str = "127.0.0.1"
+    metrics_tls: MetricsTLS | None = None  # HTTPS + client-certificate auth for /metrics
     rate: float = 100.0
     batch_size: int = DEFAULT_BATCH
     only_attacks: bool = False
@@ -65,7 +66,7 @@ def run_agent(opts: AgentOptions, *, loader: Loader = load_numpy_detector) -> in
     if not set_blas_threads(opts.threads):  # one core: the rest of the box runs the ClientApps
         log.warning("--threads %d not applied: numpy's BLAS is not an OpenBLAS this agent can reach", opts.threads)
     dev = DeviceTelemetry(opts.device)
-    server = serve_metrics(opts.metrics_port, opts.metrics_host)
+    server = serve_metrics(opts.metrics_port, opts.metrics_host, tls=opts.metrics_tls)
     log.warning("agent %s: /metrics on %s; model dir %s", opts.device, server.url, opts.model_dir)
     agent = Agent(source, opts.model_dir, dev, batch_size=opts.batch_size, poll_interval=opts.poll_interval,
                   loader=loader)

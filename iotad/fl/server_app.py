@@ -86,7 +86,7 @@ def make_server_app(overrides: dict[str, Any] | None = None) -> ServerApp:
             telemetry.evaluated(record.metrics)
 
         history = FederatedTraining(
-            grid, cfg, store, on_round=publish,
+            grid, cfg, store, on_round=publish, on_phase=telemetry.phase_entered,
             initial_weights=lambda: initial_weights(cfg.model_seed, cfg.members, len(cfg.feature_names)),
         ).run()
         if history:

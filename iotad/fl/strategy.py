@@ -130,6 +130,7 @@ class FederatedTraining:
         *,
         initial_weights: Callable[[], list[np.ndarray]],
         on_round: Callable[[RoundRecord], None] | None = None,
+        on_phase: Callable[[int, str], None] | None = None,
     ) -> None:
         self.grid = grid
         self.cfg = cfg
@@ -137,6 +138,11 @@ class FederatedTraining:
         self.strategy = make_strategy(cfg)
         self.initial_weights = initial_weights
         self.on_round = on_round
+        self.on_phase = on_phase
+
+    def _phase(self, server_round: int, phase: str) -> None:
+        if self.on_phase is not None:
+            self.on_phase(server_round, phase)
 
     # -- messaging -------------------------------------------------------------------
     def _config(self, scaler: AnyScaler | None, server_round: int, **extra: Any) -> ConfigRecord:
@@ -246,12 +252,15 @@ class FederatedTraining:
                                                 self.store.history(up_to=latest.round))
         else:
             # Global normalisation merges the devices' statistics into one scaler first; local needs none here.
+            if self.cfg.normalisation == GLOBAL:
+                self._phase(0, "scaling")
             scaler = self.federated_scaler() if self.cfg.normalisation == GLOBAL else None
             weights, start, history = self.initial_weights(), 0, []
         arrays = ArrayRecord.from_numpy_ndarrays(weights)
 
         for server_round in range(start + 1, self.cfg.num_rounds + 1):
             t0 = time.monotonic()
+            self._phase(server_round, "train")
             config = self._config(scaler, server_round)
             messages = list(self.strategy.configure_train(server_round, arrays, config, self.grid))
             replies = list(self.grid.send_and_receive(messages, timeout=self.cfg.round_timeout))
@@ -266,8 +275,13 @@ class FederatedTraining:
             if aggregated is None:
                 raise RuntimeError(f"round {server_round}: no usable update (rejected: {dict(rejected)})")
             arrays = aggregated
-            residual = self.residual_scale(arrays, scaler, server_round) if scaler is not None else None
+            residual = None
+            if scaler is not None:
+                self._phase(server_round, "residual")
+                residual = self.residual_scale(arrays, scaler, server_round)
+            self._phase(server_round, "calibrate")
             threshold, _ = self.calibrate(arrays, scaler, residual, server_round)
+            self._phase(server_round, "evaluate")
             metrics, histograms = self.evaluate(arrays, scaler, residual, threshold, server_round)
             record = RoundRecord(
                 round=server_round,
@@ -281,6 +295,7 @@ class FederatedTraining:
                 model_bytes=int(arrays.count_bytes()),
             )
             history.append(record)
+            self._phase(server_round, "checkpoint")
             self.store.save(
                 Checkpoint(server_round, arrays.to_numpy_ndarrays(), scaler, threshold, self.cfg.quantile, residual,
                            self.cfg.feature_names),
@@ -289,5 +304,6 @@ class FederatedTraining:
             )
             if self.on_round is not None:
                 self.on_round(record)
+        self._phase(self.cfg.num_rounds, "done")
         return history
 

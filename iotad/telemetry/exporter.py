@@ -16,6 +16,37 @@ from prometheus_client.multiprocess import MultiProcessCollector, mark_process_d
 from iotad.telemetry.spec import metrics_created
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# HTTPS with client-certificate auth for /metrics: all three set, or none (plain HTTP).
+TLS_CERT_ENV = "IOTAD_METRICS_TLS_CERT"
+TLS_KEY_ENV = "IOTAD_METRICS_TLS_KEY"
+TLS_CLIENT_CA_ENV = "IOTAD_METRICS_CLIENT_CA"
+
+
+@dataclass(frozen=True)
+class MetricsTLS:
+    """``/metrics`` over HTTPS: this exporter's certificate and key, and the CA a scraper's client
+    certificate must chain to (a scraper without one is refused in the TLS handshake)."""
+
+    cert: Path
+    key: Path
+    client_ca: Path
+
+    @classmethod
+    def from_values(cls, cert: str | os.PathLike[str] | None, key: str | os.PathLike[str] | None,
+                    client_ca: str | os.PathLike[str] | None) -> MetricsTLS | None:
+        """None when nothing is given; a ValueError naming what is missing when only part is."""
+        given = {"certificate": cert, "key": key, "client CA": client_ca}
+        if not any(given.values()):
+            return None
+        missing = [name for name, v in given.items() if not v]
+        if missing:
+            raise ValueError(f"metrics TLS needs a certificate, its key and a client CA; missing: {', '.join(missing)}")
+        tls = cls(Path(str(cert)), Path(str(key)), Path(str(client_ca)))
+        unreadable = [str(p) for p in (tls.cert, tls.key, tls.client_ca) if not p.is_file()]
+        if unreadable:
+            raise ValueError(f"metrics TLS: no such file: {', '.join(unreadable)}")
+        return tls
+
 
 
 def make_registry() -> CollectorRegistry:
@@ -93,10 +124,11 @@ class MetricsServer:
     port: int
     registry: CollectorRegistry
     _httpd: Any
+    tls: bool = False
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}/metrics"
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}/metrics"
 
     def close(self) -> None:
         self._httpd.shutdown()
@@ -104,8 +136,11 @@ class MetricsServer:
 
 
 def serve_metrics(port: int, host: str = "127.0.0.1", multiproc_dir: str | os.PathLike[str] | None = None,
-                  registry: CollectorRegistry | None = None) -> MetricsServer:
+                  registry: CollectorRegistry | None = None, tls: MetricsTLS | None = None) -> MetricsServer:
     """Serve ``/metrics`` on ``host:port`` (port 0: any free port) from a daemon thread.
+
+    With ``tls``: HTTPS only, and a scraper must present a client certificate that ``tls.client_ca``
+    signed (prometheus_client's ``client_auth_required``).
 
     With a multiprocess directory (``multiproc_dir`` or ``$PROMETHEUS_MULTIPROC_DIR``) it serves the
     union of every process's files, this one's included; otherwise ``registry`` (default: global).
@@ -120,7 +155,11 @@ def serve_metrics(port: int, host: str = "127.0.0.1", multiproc_dir: str | os.Pa
         _ReapingCollector(reg, path=mp)
     else:
         reg = REGISTRY if registry is None else registry
-    httpd, _ = start_http_server(port, addr=host, registry=reg)
-    return MetricsServer(host, int(httpd.server_port), reg, httpd)
+    if tls is None:
+        httpd, _ = start_http_server(port, addr=host, registry=reg)
+    else:
+        httpd, _ = start_http_server(port, addr=host, registry=reg, certfile=str(tls.cert), keyfile=str(tls.key),
+                                     client_cafile=str(tls.client_ca), client_auth_required=True)
+    return MetricsServer(host, int(httpd.server_port), reg, httpd, tls=tls is not None)
 
 

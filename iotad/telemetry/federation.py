@@ -14,7 +14,8 @@ from iotad.telemetry.spec import counter_spec as _c
 from iotad.telemetry.spec import gauge_spec as _g
 from iotad.telemetry.spec import histogram_spec as _h
 
-PHASES = ("train", "evaluate")
+# What the ServerApp is doing: before round 1 (scaling, global normalisation only), in a round, after the last.
+ROUND_PHASES = ("scaling", "train", "residual", "calibrate", "evaluate", "checkpoint", "done")
 FAILURE_REASONS = ("error", "missing")
 # Why the aggregator's launcher resubmitted a run from its checkpoint.
 RESUME_RUN_FAILED = "run_failed"  # the run ended without finishing, the SuperLink still up
@@ -26,6 +27,9 @@ _SA, _LA = "ServerApp", "launcher"
 FL_SPECS: tuple[MetricSpec, ...] = (
     _g("current_round", "iotad_fl_current_round", "Round the federation is in (0 before the first).", (),
        _SA),
+    _g("phase", "iotad_fl_round_phase_state",
+       "1 for what the ServerApp is doing (scaling, train, residual, calibrate, evaluate, checkpoint, done), "
+       "0 for the rest.", ("phase",), _SA),
     _g("planned_rounds", "iotad_fl_planned_rounds", "Rounds the current run was started for.", (), _LA),
     _c("completed_rounds", "iotad_fl_completed_rounds_total", "Rounds completed (train + evaluate).", (),
        _SA),
@@ -73,6 +77,7 @@ class FLMetrics(MetricFamilies):
 
     _specs = FL_SPECS
     current_round: Gauge
+    phase: Gauge
     planned_rounds: Gauge
     completed_rounds: Counter
     round_duration: Histogram
@@ -130,6 +135,13 @@ class AggregatorTelemetry:
     # ServerApp --------------------------------------------------------------------------------------
     def round_started(self, server_round: int) -> None:
         self.metrics.current_round.set(server_round)
+
+    def phase_entered(self, server_round: int, phase: str) -> None:
+        """The ServerApp entered ``phase`` (one of :data:`ROUND_PHASES`) of ``server_round``."""
+        if server_round > 0:
+            self.round_started(server_round)
+        for name in ROUND_PHASES:
+            self.metrics.phase.labels(phase=name).set(1 if name == phase else 0)
 
     def round_finished(self, *, seconds: float, participating: int, failed: Mapping[str, int] | None = None,
                        train_loss: float | None = None, model_bytes: int | None = None) -> None:

@@ -34,10 +34,11 @@ class LabelBudget:
             self.seen.add(value)
             return value
         return self.other
-# Last token of a name (before ``_total``): a base unit, or what a dimensionless number counts.
+# Last token of a name (before ``_total``): a base unit, or what a dimensionless number counts
+# ("state": a state set, 1 for the label value that holds and 0 for the others).
 UNITS = frozenset(
     {"seconds", "bytes", "ratio", "loss", "score", "round", "rounds", "devices", "runs", "samples",
-     "epochs", "flows", "rows", "reloads", "keys"}
+     "epochs", "flows", "rows", "reloads", "keys", "state"}
 )
 
 Kind = Literal["counter", "gauge", "histogram"]

@@ -223,7 +223,7 @@ def exporters() -> Iterator[dict[str, int]]:
     # A fresh run, never resumed (the common case): series with known label values must exist anyway.
     agg.run_started(planned_rounds=3)
     for rnd, thr in ((1, 0.04), (2, 0.03)):
-        agg.round_started(rnd)
+        agg.phase_entered(rnd, "train")
         agg.round_finished(seconds=4.0, participating=2, failed={"missing": 1}, train_loss=0.1 / rnd,
                            model_bytes=60_000)
         agg.evaluated({"precision": 0.9, "recall": 0.8, "f1": 0.85, "fpr": 0.01, "roc_auc": 0.95,
