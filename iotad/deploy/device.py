@@ -124,12 +124,18 @@ class DeviceLauncher:
             self._stop = True
 
         previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        supernode, next_superexec_check = self.procs[0], 0.0
         try:
             while not self._stop:
                 dead = [p for p in self.procs if not p.alive()]
+                if time.monotonic() >= next_superexec_check:  # a /proc scan: every 5 s is enough
+                    next_superexec_check = time.monotonic() + 5.0
+                    if supernode.lost_superexec():
+                        dead.append(supernode)
                 if dead:
                     for p in dead:
-                        log.error("device %s: %s exited with %s", self.opts.device_name, p.name, p.poll())
+                        what = f"exited with {p.poll()}" if not p.alive() else "lost its SuperExec"
+                        log.error("device %s: %s %s", self.opts.device_name, p.name, what)
                     return 1
                 time.sleep(poll)
             return 0

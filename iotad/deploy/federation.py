@@ -7,6 +7,7 @@ entrypoints. Everything it starts is stopped on exit, on an exception and on Ctr
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import time
@@ -31,6 +32,8 @@ from iotad.deploy.processes import (
     wait_for_port,
 )
 from iotad.deploy.runs import RunHandle, RunResult, submit_run
+
+log = logging.getLogger(__name__)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -249,6 +252,7 @@ class LocalFederation(DeviceFleet):
             log_path=self.logs / f"run-{k}.log",
             run_config=cfg,
             name=f"flwr-run-{k}",
+            superlink=self.superlink,
         )
         self.runs.append(handle)
         return handle
@@ -283,6 +287,9 @@ class LocalFederation(DeviceFleet):
             cfg = next_run_config(previous)
             if cfg is None:
                 break
+            if restart_superlink and self.superlink is not None and self.superlink.lost_superexec():
+                log.warning("the SuperLink's SuperExec died (no ServerApp could start); restarting the SuperLink")
+                self.superlink.stop(self.stop_timeout)
             if restart_superlink and (self.superlink is None or not self.superlink.alive()):
                 self.start_superlink()
                 self.wait_online(self.min_online)

@@ -148,7 +148,13 @@ class DeviceFleet:
         restarted = []
         now = time.monotonic()
         for name, dev in self.devices.items():
-            if dev.proc is None or dev.proc.alive() or dev.expect_refusal:
+            if dev.proc is None or dev.expect_refusal:
+                continue
+            if dev.proc.lost_superexec():
+                log.warning("device %s: its SuperExec died (the SuperNode runs no ClientApp any more); "
+                            "stopping the SuperNode", name)
+                dev.proc.stop(10.0)
+            if dev.proc.alive():
                 continue
             if now - dev.restarted_at < min(2.0 ** dev.restarts, max_delay):
                 continue

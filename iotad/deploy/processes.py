@@ -100,11 +100,38 @@ class ManagedProcess:
         self.signal_group(signal.SIGKILL)
         return self.popen.poll()
 
+    def lost_child(self, needle: bytes, grace: float = 30.0) -> bool:
+        """Alive for more than ``grace`` s, but no live child's command line contains ``needle``."""
+        if not self.alive() or time.monotonic() - self.started_at < grace:
+            return False
+        return not any(needle in cmdline for cmdline in _live_children(self.pid))
+
+    def lost_superexec(self, grace: float = 30.0) -> bool:
+        """A SuperLink or SuperNode whose ``flower-superexec`` is gone. The SuperExec exits on any unexpected
+        error of the SuperLink (seen: sqlite "database is locked" under heavy load) and flwr 1.39 never starts
+        it again, so no ServerApp or ClientApp would ever run: restart the process instead."""
+        return self.lost_child(b"flower-superexec", grace)
+
     def log_text(self) -> str:
         try:
             return self.log_path.read_text(encoding="utf-8", errors="replace")
         except FileNotFoundError:
             return ""
+
+
+def _live_children(pid: int) -> list[bytes]:
+    """Command lines of the live (not zombie) children of ``pid`` (Linux /proc)."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            if fields[0] != "Z" and int(fields[1]) == pid:
+                out.append((entry / "cmdline").read_bytes())
+        except (OSError, IndexError, ValueError):
+            continue
+    return out
 
 
 def pids_with_env(name: str, value: str) -> list[int]:

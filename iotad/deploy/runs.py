@@ -60,10 +60,12 @@ class RunResult:
 class RunHandle:
     """A run submitted with ``flwr run <app> <connection> --stream``, its log streamed to a file."""
 
-    def __init__(self, proc: ManagedProcess, flwr_home: Path, connection: str) -> None:
+    def __init__(self, proc: ManagedProcess, flwr_home: Path, connection: str,
+                 superlink: ManagedProcess | None = None) -> None:
         self.proc = proc
         self.flwr_home = flwr_home
         self.connection = connection
+        self.superlink = superlink  # the SuperLink process the run was submitted to, when we started it
         self._run_id: int | None = None
 
     @property
@@ -113,6 +115,14 @@ class RunHandle:
                 self.run_id, STATUS_LOST, "stream broke and the SuperLink does not answer",
                 time.monotonic() - t0, self.proc.log_path, rc,
             )  # fmt: skip
+        if not status[0].startswith("finished") and self.superlink is not None and self.superlink.alive():
+            # Only the log stream broke (seen: the SuperLink's sqlite "database is locked" under heavy load);
+            # the SuperLink that runs the run is the same process: follow the run by its status instead.
+            status = self._follow(deadline)
+            if status is None or status[0] == STATUS_TIMEOUT:
+                reason = "stream broke and the SuperLink stopped answering" if status is None else status[1]
+                return RunResult(self.run_id, STATUS_LOST if status is None else STATUS_TIMEOUT, reason,
+                                 time.monotonic() - t0, self.proc.log_path, rc)
         if not status[0].startswith("finished"):
             # The stream broke but the SuperLink answers (e.g. it was restarted): the run is gone with
             # the old SuperLink process even if its status has not flipped to finished:failed yet.
@@ -121,6 +131,21 @@ class RunHandle:
                 time.monotonic() - t0, self.proc.log_path, rc,
             )  # fmt: skip
         return RunResult(self.run_id, status[0], status[1], time.monotonic() - t0, self.proc.log_path, rc)
+
+
+    def _follow(self, deadline: float | None, poll: float = 5.0) -> tuple[str, str] | None:
+        """Poll the run's status until it is finished, the SuperLink dies (None) or the deadline passes."""
+        assert self.run_id is not None and self.superlink is not None
+        while self.superlink.alive():
+            if deadline is not None and time.monotonic() >= deadline:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    stop_run(self.flwr_home, self.connection, self.run_id, timeout=30)
+                return STATUS_TIMEOUT, "no end (followed by status after the stream broke)"
+            status = self.status()
+            if status is not None and status[0].startswith("finished"):
+                return status
+            time.sleep(poll)
+        return None
 
 
 def submit_run(
@@ -132,6 +157,7 @@ def submit_run(
     log_path: Path,
     run_config: Mapping[str, Any] | None = None,
     name: str = "flwr-run",
+    superlink: ManagedProcess | None = None,
 ) -> RunHandle:
     """Start ``flwr run <app_dir> <connection> --stream [--run-config FILE.toml]`` in the background.
 
@@ -145,4 +171,4 @@ def submit_run(
         argv += ["--run-config", str(cfg)]
     env = {"FLWR_HOME": str(flwr_home), "NO_COLOR": "1", "TERM": "dumb", "COLUMNS": "200"}
     proc = registry.spawn(name, argv, log_path, env=env, cwd=Path(app_dir).resolve())
-    return RunHandle(proc, flwr_home, connection)
+    return RunHandle(proc, flwr_home, connection, superlink)

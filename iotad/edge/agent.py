@@ -208,6 +208,7 @@ class Agent:
         if self.detector is None:
             return False
         block = self.source.read(self.batch_size)
+        self.telemetry.load(backlog_bytes=self.source.backlog_bytes(), shed_rows=self.source.take_shed_rows())
         if block is None:
             return False
         try:

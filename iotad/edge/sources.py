@@ -42,6 +42,14 @@ class RawBlock:
 class Source(Protocol):
     def read(self, max_rows: int) -> RawBlock | None: ...
 
+    def backlog_bytes(self) -> int:
+        """Bytes of traffic waiting to be read (the agent is that far behind)."""
+        ...
+
+    def take_shed_rows(self) -> int:
+        """Rows dropped unread since the last call (load shed)."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -112,6 +120,7 @@ class ReplaySource:
         self._restarted = True  # the first block starts the stream
         self._burst_pos = 0
         self._pending_burst = 0
+        self._shed = 0
         self._lock = threading.Lock()
         self.reset_clock()
 
@@ -178,6 +187,7 @@ class ReplaySource:
             if self.rate > 0:
                 owed = int(self.rate * (now - self._t0)) - self._emitted
                 if owed > 20 * max_rows:  # we fell far behind (slow box): drop the backlog, keep the pace
+                    self._shed += owed
                     self.reset_clock()
                     owed = 0
                 n = min(max_rows, owed)
@@ -191,6 +201,13 @@ class ReplaySource:
         if not rows:
             return None
         return RawBlock(b"".join(self.lines[i] for i in rows), self.header, new_stream=restarted)
+
+    def backlog_bytes(self) -> int:
+        return 0  # a replay never queues: it sheds what it owes (take_shed_rows)
+
+    def take_shed_rows(self) -> int:
+        shed, self._shed = self._shed, 0
+        return shed
 
     def close(self) -> None:
         pass

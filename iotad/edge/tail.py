@@ -144,6 +144,20 @@ class TailSource:
         new_stream, self._new_stream = self._new_stream, False
         return RawBlock(b"".join(take), list(self.header), new_stream=new_stream)
 
+    def backlog_bytes(self) -> int:
+        """Bytes appended to the file that the agent has not scored yet: the capture file is the queue, so
+        a burst waits on disk and memory stays bounded (a block plus one chunk)."""
+        pending = len(self._buf) + sum(map(len, self._lines))
+        if self._fh is None:
+            return pending
+        try:
+            return max(0, os.fstat(self._fh.fileno()).st_size - self._fh.tell()) + pending
+        except OSError:
+            return pending
+
+    def take_shed_rows(self) -> int:
+        return 0  # a tail drops nothing: what it cannot score yet waits in the file
+
     def close(self) -> None:
         if self._fh is not None:
             self._fh.close()

@@ -64,6 +64,11 @@ EDGE_SPECS: tuple[MetricSpec, ...] = (
        "Tracked hosts, pairs or connections dropped from the full window tables (stalest first).", _D, _AG),
     _g("window_keys", "iotad_edge_window_tracked_keys", "Hosts, pairs and connections the window tables track.",
        _D, _AG),
+    _g("backlog", "iotad_edge_backlog_bytes",
+       "Traffic captured but not scored yet (a tailed capture file's unread bytes): how far behind the agent is.",
+       _D, _AG),
+    _c("shed_rows", "iotad_edge_shed_rows_total",
+       "Rows dropped unscored because the agent fell behind a paced replay (load shed).", _D, _AG),
     _c("window_clock_fixes", "iotad_edge_window_clock_fixed_rows_total",
        "Rows whose capture time was held at the previous one: clamped (went backwards) or bad_time "
        "(unreadable).", (*_D, "reason"), _AG),
@@ -91,6 +96,8 @@ class EdgeMetrics(MetricFamilies):
     rejected_rows: Counter
     window_evictions: Counter
     window_keys: Gauge
+    backlog: Gauge
+    shed_rows: Counter
     window_clock_fixes: Counter
 
 
@@ -137,8 +144,9 @@ class DeviceTelemetry:
     def prime(self, reject_reasons: Iterable[str] = ()) -> None:
         """Create the agent's counters at 0 so rates and ratios exist before the first event."""
         m, d = self.metrics, self.device
-        for c in (m.scored_flows, m.anomalous_flows, m.model_reloads):
+        for c in (m.scored_flows, m.anomalous_flows, m.model_reloads, m.shed_rows):
             c.labels(device=d)
+        m.backlog.labels(device=d).set(0)
         m.detection_latency.labels(device=d)
         m.anomaly_score.labels(device=d)
         for r in reject_reasons:
@@ -211,6 +219,12 @@ class DeviceTelemetry:
         m.window_keys.labels(device=d).set(tracked)
         for reason, n in (("clamped", clamped), ("bad_time", bad_time)):
             m.window_clock_fixes.labels(device=d, reason=reason).inc(n)
+
+    def load(self, *, backlog_bytes: int, shed_rows: int) -> None:
+        """Record how far behind the traffic the agent is, and rows it had to drop."""
+        m, d = self.metrics, self.device
+        m.backlog.labels(device=d).set(backlog_bytes)
+        m.shed_rows.labels(device=d).inc(shed_rows)
 
     def rejected(self, counts: Mapping[str, int]) -> None:
         """Add rejected input rows per reason (``Traffic.rejected``)."""

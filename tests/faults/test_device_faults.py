@@ -28,6 +28,12 @@ def _cmdline(pid: int) -> bytes:
         return b""
 
 
+def _supernode_group(mark: str, partition: int) -> int | None:
+    supernode = [p for p in marked_pids(mark) if b"flower-supernode" in _cmdline(p)
+                 and f"partition-id={partition}".encode() in _cmdline(p)]
+    return os.getpgid(supernode[0]) if len(supernode) == 1 else None
+
+
 def _group_running_a_clientapp(mark: str, partition: int) -> int | None:
     """The process group of device ``partition``'s SuperNode, once a ClientApp of it is running."""
     pids = marked_pids(mark)
@@ -88,3 +94,28 @@ def test_a_device_killed_mid_round_is_counted_restarted_and_trains_again(tmp_pat
             assert (workdir / "logs" / f"supernode-{name}.log").read_text().count("$ ") == 1
         end = scrape(agent)
         assert sample(end, "iotad_edge_model_round", device="device-1") == 3  # the agent took the new models
+
+
+def test_a_device_whose_superexec_died_is_restarted_and_trains_again(tmp_path: Path) -> None:
+    """Flower 1.39's SuperExec exits on any unexpected SuperLink error (seen: sqlite "database is locked" under
+    heavy load) and its SuperNode lives on without it, running no ClientApp ever again. The launcher sees the
+    SuperExec gone and restarts the device."""
+    workdir = tmp_path / "kill-superexec"
+    with local_stack(workdir, "--devices", "2", "--rounds", "3", "--rows-per-device", "900", "--local-epochs", "1",
+                     "--rate", "50") as stack:
+        stack.wait_for("round 1 checkpoint", lambda: _latest(workdir) >= 1, timeout=150, poll=0.2)
+        superexecs = [p for p in marked_pids(stack.mark) if b"flower-superexec" in _cmdline(p)
+                      and os.getpgid(p) == _supernode_group(stack.mark, 1)]
+        assert len(superexecs) == 1
+        os.kill(superexecs[0], signal.SIGKILL)  # the SuperNode itself lives on
+
+        status = stack.wait_trained(timeout=420)
+        assert status["state"] == "completed", status
+        history = json.loads((workdir / "checkpoints" / "history.json").read_text())
+        print("\n" + "\n".join(f"round {r['round']}: {r['devices_participating']} devices, rejected "
+                               f"{r['rejected_updates']}, {r['duration_seconds']:.0f} s" for r in history))
+        assert [r["round"] for r in history] == [1, 2, 3]
+        assert history[2]["devices_participating"] == 2  # device-1 is back and trains
+        assert "device device-1: its SuperExec died" in stack.output()
+        assert (workdir / "logs" / "supernode-device-1.log").read_text().count("$ ") >= 2
+        assert (workdir / "logs" / "supernode-device-0.log").read_text().count("$ ") == 1

@@ -5,8 +5,8 @@ must stay flat. Zombies are also counted every 2 s over the whole run: a SuperEx
 ``<defunct>`` until the SuperExec's next ``Popen`` reaps it (Python's ``subprocess`` does so), so at most one
 per SuperExec may be seen, and they must never pile up.
 
-CI runs ``IOTAD_SOAK_ROUNDS`` (default 10) rounds, sampled after round 1 and every ``IOTAD_SOAK_EVERY``
-(default 5);
+CI runs ``IOTAD_SOAK_ROUNDS`` (default 8) rounds, sampled after round 1 and every ``IOTAD_SOAK_EVERY``
+(default 4);
 docs/reliability.md has a 50-round run (``IOTAD_SOAK_ROUNDS=50 IOTAD_SOAK_EVERY=10``). With
 ``IOTAD_SOAK_OUT`` set, the samples are written there as JSON."""
 
@@ -26,10 +26,13 @@ from tests.integration.test_restart import _latest
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 
-ROUNDS = int(os.environ.get("IOTAD_SOAK_ROUNDS", "10"))
-EVERY = int(os.environ.get("IOTAD_SOAK_EVERY", "5"))
+ROUNDS = int(os.environ.get("IOTAD_SOAK_ROUNDS", "8"))
+EVERY = int(os.environ.get("IOTAD_SOAK_EVERY", "4"))
 ROUND_TIMEOUT = 150.0  # s per round, far above the ~30-60 s seen here
-RSS_GROWTH_MIB = 40  # allowed between the first and the last sample, per process
+# Allowed per process between the sample after round EVERY and the one after the last round. The agent grows
+# by about 60 MiB over the first rounds (200 -> 265 MiB by round 4 here; 30 model reloads in one process stay
+# flat, so not those), then by about 3 MiB a round: docs/reliability.md.
+RSS_GROWTH_MIB = 40
 FD_GROWTH = 8
 
 
@@ -54,7 +57,7 @@ def test_a_long_run_keeps_processes_descriptors_and_memory_flat(tmp_path: Path) 
             for r in sorted({1, *range(EVERY, ROUNDS, EVERY)}):  # in the run; the last one after it
                 stack.wait_for(f"round {r}", lambda r=r: _latest(workdir) >= r, timeout=ROUND_TIMEOUT * EVERY)
                 samples.append(sample(marked_pids(stack.mark), r))
-            status = stack.wait_trained(timeout=ROUND_TIMEOUT)
+            status = stack.wait_trained(timeout=ROUND_TIMEOUT * (ROUNDS - samples[-1].round))
             time.sleep(5.0)  # the ServerApp exits after its last round
             after = sample(marked_pids(stack.mark), ROUNDS)
         finally:
@@ -71,18 +74,22 @@ def test_a_long_run_keeps_processes_descriptors_and_memory_flat(tmp_path: Path) 
 
     assert status["state"] == "completed" and status["completed_rounds"] == ROUNDS, status
     assert len(samples) >= 2
-    first, last = samples[0], samples[-1]
-    # The same long-lived processes throughout: nothing restarted, nothing left behind, nothing piling up.
-    assert set(last.long_lived()) == set(first.long_lived()), (first.counts(), last.counts())
+    first, warm = samples[0], samples[1]  # round 1, and round EVERY: the baseline once the caches are warm
     assert first.counts() == {"launcher": 1, "superlink": 1, "supernode": 3, "superexec": 4, "serverapp": 1,
                               "agent": 3}, first.counts()
+    # The same long-lived processes throughout: nothing restarted, nothing left behind, nothing piling up.
+    for s in samples:
+        assert set(s.long_lived()) == set(first.long_lived()), (first.counts(), s.counts())
+    # After the last round the ServerApp is gone and reaped, no ClientApp is left, the rest is unchanged.
+    serverapp = {p for p, q in first.long_lived().items() if q.role == "serverapp"}
+    assert set(after.long_lived()) == set(first.long_lived()) - serverapp, after.summary()
+    assert not [p for p in after.procs if p.role == "clientapp"]
     superexecs = first.counts()["superexec"]
     assert max_zombies <= superexecs, f"{max_zombies} zombies at once with {superexecs} SuperExecs"
-    for pid, p in first.long_lived().items():
-        q = last.long_lived()[pid]
+    assert after.zombies <= superexecs, after.summary()
+    for pid, p in warm.long_lived().items():
+        if pid in serverapp:
+            continue
+        q = after.long_lived()[pid]
         assert q.fds <= p.fds + FD_GROWTH, f"{p.role} {pid}: {p.fds} -> {q.fds} open descriptors"
         assert q.rss_kib <= p.rss_kib + RSS_GROWTH_MIB * 1024, f"{p.role} {pid}: RSS {p.rss_kib} -> {q.rss_kib} KiB"
-    # After the last round the ServerApp is gone and reaped, and no ClientApp is left.
-    roles = after.counts()
-    assert "serverapp" not in roles and after.zombies <= superexecs, after.summary()
-    assert not [p for p in after.procs if p.role == "clientapp"]

@@ -375,3 +375,28 @@ def test_window_state_survives_a_model_reload(tmp_path: Path, traffic_csv: Path,
     np.testing.assert_array_equal(got, one_pass[: len(got)])
     agent.process(agent.source.read(97) or RawBlock(b"", []))
     assert value(registry, "iotad_edge_window_tracked_keys") > 0
+
+
+def test_a_replay_that_falls_far_behind_sheds_the_backlog_and_counts_it(traffic_csv: Path) -> None:
+    now = [0.0]
+    src = ReplaySource(traffic_csv, rate=1000, clock=lambda: now[0])
+    now[0] = 0.5
+    block = src.read(64)
+    assert block is not None and src.take_shed_rows() == 0  # 500 owed: within 20 blocks, served on
+    now[0] = 10.0  # 9,500 rows owed: far behind, the pace restarts and the owed rows are counted as shed
+    assert src.read(64) is None
+    assert src.take_shed_rows() == 10_000 - 64
+    assert src.take_shed_rows() == 0 and src.backlog_bytes() == 0
+
+
+def test_a_tail_reports_what_waits_in_the_file(tmp_path: Path, traffic_csv: Path) -> None:
+    header, *rows = traffic_csv.read_bytes().splitlines(keepends=True)
+    live = tmp_path / "live.csv"
+    live.write_bytes(header + b"".join(rows[:300]))
+    src = TailSource(live, from_start=True)
+    assert src.read(100) is not None
+    left = src.backlog_bytes()
+    assert left == len(b"".join(rows[100:300]))
+    while src.read(100) is not None:
+        pass
+    assert src.backlog_bytes() == 0 and src.take_shed_rows() == 0
