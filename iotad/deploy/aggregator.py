@@ -165,9 +165,7 @@ class Aggregator:
 
     def ensure_superlink(self) -> bool:
         """Restart a dead SuperLink, or one whose SuperExec died (same ports and database); True if it had to."""
-        if self.fed.superlink is not None and self.fed.superlink.lost_superexec():
-            log.warning("the SuperLink's SuperExec died (no ServerApp could start); stopping the SuperLink")
-            self.fed.superlink.stop(10.0)
+        self.fed.stop_superlink_without_superexec()
         if self._superlink_alive():
             return False
         log.warning("SuperLink is down; restarting it")

@@ -287,9 +287,8 @@ class LocalFederation(DeviceFleet):
             cfg = next_run_config(previous)
             if cfg is None:
                 break
-            if restart_superlink and self.superlink is not None and self.superlink.lost_superexec():
-                log.warning("the SuperLink's SuperExec died (no ServerApp could start); restarting the SuperLink")
-                self.superlink.stop(self.stop_timeout)
+            if restart_superlink:
+                self.stop_superlink_without_superexec()
             if restart_superlink and (self.superlink is None or not self.superlink.alive()):
                 self.start_superlink()
                 self.wait_online(self.min_online)
@@ -298,6 +297,14 @@ class LocalFederation(DeviceFleet):
             if not previous.resubmittable:
                 break
         return results
+
+    def stop_superlink_without_superexec(self) -> bool:
+        """Stop a SuperLink whose SuperExec died (no ServerApp could start again), so that it is restarted."""
+        if self.superlink is None or not self.superlink.lost_superexec():
+            return False
+        log.warning("the SuperLink's SuperExec died (no ServerApp could start); stopping the SuperLink")
+        self.superlink.stop(self.stop_timeout)
+        return True
 
     def stop(self) -> None:
         """Stop everything started here: run clients first (a SuperLink with an attached ``--stream``
