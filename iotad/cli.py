@@ -99,21 +99,45 @@ def _local_federation(a: argparse.Namespace) -> None:
 
 
 def _agent(a: argparse.Namespace) -> None:
+    from iotad.edge.capture import CaptureError
     from iotad.edge.run import AgentOptions, run_agent
 
     if not a.device:
         raise UsageError("--device (or $IOTAD_DEVICE) is required")
     if not a.model_dir:
         raise UsageError("--model-dir (or $IOTAD_MODEL_DIR) is required")
-    code = run_agent(AgentOptions(
-        device=a.device, model_dir=Path(a.model_dir), replay=a.replay, tail=a.tail,
+    opts = AgentOptions(
+        device=a.device, model_dir=Path(a.model_dir), replay=a.replay, tail=a.tail, capture=a.capture,
+        capture_filter=a.capture_filter, decode_as=tuple(a.decode_as),
         metrics_dir=a.metrics_dir, metrics_port=a.metrics_port, metrics_host=a.metrics_host, rate=a.rate,
         batch_size=a.batch_size, only_attacks=a.only_attacks, only_normal=a.only_normal, burst_rows=a.burst_rows,
         burst_every=a.burst_every, from_start=a.from_start, poll_interval=a.poll, threads=a.threads,
         metrics_tls=_metrics_tls(a),
-    ))
+    )
+    try:
+        code = run_agent(opts)
+    except CaptureError as e:
+        raise UsageError(str(e)) from e
     if code:
         sys.exit(code)
+
+
+def _add_capture_options(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--capture-filter", default="", help="capture: a BPF filter, e.g. \"not port 9092\"")
+    s.add_argument("--decode-as", action="append", default=[], metavar="RULE",
+                   help="capture: a tshark -d rule, e.g. tcp.port==11883,mqtt (repeatable)")
+
+
+def _capture(a: argparse.Namespace) -> None:
+    from iotad.edge.capture import CaptureError, write_capture
+
+    try:
+        n, shed = write_capture(a.interface, a.out, count=a.count, seconds=a.seconds,
+                                capture_filter=a.capture_filter, decode_as=a.decode_as)
+    except CaptureError as e:
+        raise UsageError(str(e)) from e
+    where = f" to {a.out}" if a.out else ""
+    err.print(f"{n} rows from {a.interface}{where}" + (f"; {shed} dropped" if shed else ""))
 
 
 def _metrics_tls(a: argparse.Namespace) -> MetricsTLS | None:
@@ -275,6 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
     src = s.add_mutually_exclusive_group(required=True)
     src.add_argument("--replay", type=Path, help="labelled traffic CSV (or device folder) to replay, looping")
     src.add_argument("--tail", type=Path, help="CSV another process appends to (followed like tail -F)")
+    src.add_argument("--capture", metavar="INTERFACE", help="this network interface, live (needs tshark)")
+    _add_capture_options(s)
     s.add_argument("--metrics-dir", type=Path, default=None,
                    help="PROMETHEUS_MULTIPROC_DIR shared with the ClientApps (default: the variable)")
     s.add_argument("--metrics-port", type=int, default=9401)
@@ -292,6 +318,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", type=int, default=1, help="BLAS threads for scoring (numpy)")
     _add_metrics_tls(s)
     s.set_defaults(func=_agent)
+
+    s = sub.add_parser("capture", help="write an interface's packets as Edge-IIoTset CSV rows (tshark)")
+    s.add_argument("--interface", required=True, help="network interface, e.g. eth0 (tshark -D lists them)")
+    s.add_argument("--out", type=Path, default=None, help="CSV file to write (default: standard output)")
+    s.add_argument("--count", type=int, default=0, help="stop after this many rows (0: until interrupted)")
+    s.add_argument("--seconds", type=float, default=0.0, help="stop after this long (0: until interrupted)")
+    _add_capture_options(s)
+    s.set_defaults(func=_capture)
 
     s = sub.add_parser("aggregator", help="aggregator: SuperLink (TLS, node auth), run supervision, /metrics")
     s.add_argument("--state-dir", type=Path, default=Path(_env("IOTAD_STATE_DIR", "/var/lib/iotad") or ""))

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One-time setup on a fresh Debian 12 / Python 3.11 machine: a venv in .venv with iotad and its pinned
-# dependencies (CPU-only torch), the dev tools, and promtool for the monitoring checks.
+# dependencies (CPU-only torch), the dev tools, promtool for the monitoring checks, and tshark for live
+# capture (`iotad capture`, `iotad agent --capture`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,5 +22,11 @@ if ! command -v promtool >/dev/null; then
   fi
   apt-get install -y -qq -o DPkg::Lock::Timeout=600 --no-install-recommends prometheus >/dev/null
   if [ "$made_policy" = 1 ]; then rm -f /usr/sbin/policy-rc.d; fi
+fi
+if ! command -v tshark >/dev/null; then
+  # noninteractive: wireshark-common's "may non-root users capture?" question keeps its default (no)
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=600 --no-install-recommends \
+    tshark >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+    -o DPkg::Lock::Timeout=600 --no-install-recommends tshark >/dev/null; }
 fi
 echo "setup done: . .venv/bin/activate"

@@ -49,7 +49,7 @@ class DeviceOptions:
     metrics_port: int = DEFAULT_METRICS_PORT
     max_retries: int | None = None  # None: retry forever (rejoin a restarted aggregator)
     log_dir: str | None = None  # None: <state>/logs; "-": the launcher's stdout
-    agent_args: list[str] = field(default_factory=list)  # source options: --replay/--tail, --rate, ...
+    agent_args: list[str] = field(default_factory=list)  # source options: --replay/--tail/--capture, --rate, ...
 
 
 class DeviceLauncher:
@@ -101,7 +101,7 @@ class DeviceLauncher:
             "--metrics-host", o.metrics_host, "--metrics-port", str(o.metrics_port),
         ]
         extra = list(o.agent_args)
-        if "--replay" not in extra and "--tail" not in extra:
+        if not {"--replay", "--tail", "--capture"} & set(extra):
             extra += ["--replay", str(Path(o.data_path).resolve())]
         return argv + extra
 

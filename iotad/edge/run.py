@@ -9,9 +9,10 @@ from pathlib import Path
 from types import FrameType
 
 from iotad.edge.agent import DEFAULT_BATCH, Agent
+from iotad.edge.capture import CaptureSource
 from iotad.edge.inference import set_blas_threads
 from iotad.edge.reload import Loader, load_numpy_detector
-from iotad.edge.sources import ReplaySource
+from iotad.edge.sources import ReplaySource, Source
 from iotad.edge.tail import TailSource
 from iotad.telemetry.device import DeviceTelemetry
 from iotad.telemetry.exporter import MetricsTLS, configure_multiprocess, serve_metrics
@@ -27,6 +28,9 @@ class AgentOptions:
     model_dir: Path
     replay: Path | None = None
     tail: Path | None = None
+    capture: str | None = None  # a network interface, read through tshark
+    capture_filter: str = ""
+    decode_as: tuple[str, ...] = ()
     metrics_dir: Path | None = None
     metrics_port: int = DEFAULT_METRICS_PORT
     metrics_host: str = "127.0.0.1"
@@ -42,9 +46,11 @@ class AgentOptions:
     threads: int = 1  # numpy BLAS threads for scoring (iotad.edge.inference.set_blas_threads)
 
 
-def make_source(opts: AgentOptions) -> ReplaySource | TailSource:
-    if (opts.replay is None) == (opts.tail is None):
-        raise ValueError("give exactly one traffic source: --replay CSV or --tail CSV")
+def make_source(opts: AgentOptions) -> Source:
+    if [opts.replay, opts.tail, opts.capture].count(None) != 2:
+        raise ValueError("give exactly one traffic source: --replay CSV, --tail CSV or --capture INTERFACE")
+    if opts.capture is not None:
+        return CaptureSource(opts.capture, capture_filter=opts.capture_filter, decode_as=opts.decode_as)
     if opts.replay is not None:
         path = opts.replay / "traffic.csv" if opts.replay.is_dir() else opts.replay
         return ReplaySource(

@@ -28,7 +28,8 @@ def _clean(values: np.ndarray | Sequence[object]) -> list[str]:
 
 
 def parse_clock(values: np.ndarray | Sequence[object]) -> npt.NDArray[np.float64]:
-    """Seconds since midnight of ``frame.time`` values (`` 2021 23:58:21.314757000 ``, or ``23:58:21.3``).
+    """Seconds since midnight of ``frame.time`` values (`` 2021 23:58:21.314757000 ``, ``23:58:21.3``, or
+    a live capture's ``Dec  7  2026 19:13:24.425191345 UTC``).
 
     The exports truncate the date, so only the time of day is reliable; a value without a readable
     ``HH:MM:SS[.frac]`` at its end is NaN (the caller holds the stream clock there and counts it).
@@ -37,7 +38,8 @@ def parse_clock(values: np.ndarray | Sequence[object]) -> npt.NDArray[np.float64
     for i, v in enumerate(values):
         if not isinstance(v, str):
             continue
-        clock = v.strip().rpartition(" ")[2]
+        # The clock is the last token with two colons: tshark's own spelling ends with a zone name.
+        clock = next((t for t in reversed(v.split()) if t.count(":") == 2), "")
         parts = clock.split(":")
         if len(parts) != 3:
             continue

@@ -36,7 +36,12 @@ class Proc:
 class Sample:
     round: int
     procs: list[Proc] = field(default_factory=list)
-    zombies: int = 0  # children in state Z of the sampled processes (an exited child not yet waited for)
+    #: Children in state Z (exited, not yet waited for) of each sampled process that has any.
+    zombies_by_parent: dict[int, int] = field(default_factory=dict)
+
+    @property
+    def zombies(self) -> int:
+        return sum(self.zombies_by_parent.values())
 
     def long_lived(self) -> dict[int, Proc]:
         return {p.pid: p for p in self.procs if p.role in LONG_LIVED}
@@ -76,10 +81,10 @@ def sample(pids: list[int], server_round: int) -> Sample:
     """The given processes, plus the zombie children of any of them."""
     procs = [p for p in map(_read, pids) if p is not None]
     parents = {p.pid for p in procs}
-    zombies = 0
+    zombies: Counter[int] = Counter()
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             p = _read(int(entry.name))
             if p is not None and p.state == "Z" and p.ppid in parents:
-                zombies += 1
-    return Sample(server_round, procs, zombies)
+                zombies[p.ppid] += 1
+    return Sample(server_round, procs, dict(zombies))

@@ -2,8 +2,9 @@
 number of processes, the zombies, and the open file descriptors and RSS of every long-lived process (the
 launcher, SuperLink, SuperNodes, SuperExecs, the ServerApp and the agents) are sampled every few rounds and
 must stay flat. Zombies are also counted every 2 s over the whole run: a SuperExec's finished ClientApp stays
-``<defunct>`` until the SuperExec's next ``Popen`` reaps it (Python's ``subprocess`` does so), so at most one
-per SuperExec may be seen, and they must never pile up.
+``<defunct>`` until the SuperExec's next ``Popen`` reaps it (Python's ``subprocess`` does so). A SuperExec
+that launches two apps in quick succession may hold two for a moment (CI once saw 5 with 4 SuperExecs), so
+the bound is per parent: at most ``ZOMBIES_PER_PARENT`` at any time; a leak would add one per round.
 
 CI runs ``IOTAD_SOAK_ROUNDS`` (default 8) rounds, sampled after round 1 and every ``IOTAD_SOAK_EVERY``
 (default 4);
@@ -34,21 +35,25 @@ ROUND_TIMEOUT = 150.0  # s per round, far above the ~30-60 s seen here
 # flat, so not those), then by about 3 MiB a round: docs/reliability.md.
 RSS_GROWTH_MIB = 40
 FD_GROWTH = 8
+ZOMBIES_PER_PARENT = 2
 
 
 def test_a_long_run_keeps_processes_descriptors_and_memory_flat(tmp_path: Path) -> None:
     workdir = tmp_path / "soak"
     samples: list[Sample] = []
-    max_zombies = 0
+    max_zombies: dict[str, int] = {}  # "role pid" -> most zombie children seen at once
     stop = threading.Event()
 
     with local_stack(workdir, "--devices", "3", "--rounds", str(ROUNDS), "--rows-per-device", "600",
                      "--local-epochs", "1", "--rate", "50") as stack:
 
         def count_zombies() -> None:
-            nonlocal max_zombies
             while not stop.wait(2.0):
-                max_zombies = max(max_zombies, sample(marked_pids(stack.mark), 0).zombies)
+                now = sample(marked_pids(stack.mark), 0)
+                roles = {p.pid: p.role for p in now.procs}
+                for pid, n in now.zombies_by_parent.items():
+                    key = f"{roles.get(pid, '?')} {pid}"
+                    max_zombies[key] = max(max_zombies.get(key, 0), n)
 
         watcher = threading.Thread(target=count_zombies, daemon=True)
         watcher.start()
@@ -84,9 +89,8 @@ def test_a_long_run_keeps_processes_descriptors_and_memory_flat(tmp_path: Path) 
     serverapp = {p for p, q in first.long_lived().items() if q.role == "serverapp"}
     assert set(after.long_lived()) == set(first.long_lived()) - serverapp, after.summary()
     assert not [p for p in after.procs if p.role == "clientapp"]
-    superexecs = first.counts()["superexec"]
-    assert max_zombies <= superexecs, f"{max_zombies} zombies at once with {superexecs} SuperExecs"
-    assert after.zombies <= superexecs, after.summary()
+    assert all(n <= ZOMBIES_PER_PARENT for n in max_zombies.values()), max_zombies
+    assert all(n <= ZOMBIES_PER_PARENT for n in after.zombies_by_parent.values()), after.summary()
     for pid, p in warm.long_lived().items():
         if pid in serverapp:
             continue
