@@ -8,7 +8,6 @@ the small commands start fast.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import shlex
 import sys
@@ -17,11 +16,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rich.console import Console
+from rich.markup import escape
+
+from iotad.telemetry.logs import configure as configure_logging
 
 if TYPE_CHECKING:
     from iotad.telemetry.exporter import MetricsTLS
 
 err = Console(stderr=True)
+SERVICES = ("aggregator", "device", "agent", "local-federation")  # long-lived: they log their INFO events
 
 
 def _synth(a: argparse.Namespace) -> None:
@@ -53,7 +56,17 @@ def _centralized(a: argparse.Namespace) -> None:
     _print_summary(metrics, a.out)
 
 
+def require_extra(command: str, module: str, extra: str) -> None:
+    """A clear usage error naming the install command when an optional extra is missing."""
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise UsageError(f"`iotad {command}` needs the {extra!r} extra ({module} is not installed): "
+                         f"pip install 'iotad[{extra}]' (scripts/setup.sh installs every extra)")
+
+
 def _simulate(a: argparse.Namespace) -> None:
+    require_extra("simulate", "ray", "simulation")  # Flower's simulation engine runs on Ray
     from iotad.fl.simulation import simulate
 
     metrics = simulate(
@@ -82,6 +95,7 @@ def _score(a: argparse.Namespace) -> None:
 
 
 def _compare(a: argparse.Namespace) -> None:
+    require_extra("compare", "matplotlib", "report")
     from iotad.core.report import compare
 
     path = compare(a.runs, a.out)
@@ -187,6 +201,7 @@ def _device(a: argparse.Namespace) -> None:
         root_certificates=a.root_certificates, private_key=a.private_key, data_path=a.data_path,
         supernode_host=a.supernode_host, supernode_port=a.supernode_port, metrics_host=a.metrics_host,
         metrics_port=a.metrics_port, max_retries=a.max_retries, log_dir=a.log_dir, agent_args=agent_args,
+        verbose=a.verbose,
     ))
     if code:
         sys.exit(code)
@@ -216,6 +231,8 @@ def _detector_options(s: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="iotad", description="Federated anomaly detection for IoT edge devices.")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    p.add_argument("--log-format", choices=("text", "json"), default=None,
+                   help="log lines as text (default) or one JSON object per line (default: $IOTAD_LOG_FORMAT)")
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("synth", help="write synthetic traffic in the Edge-IIoTset raw schema")
@@ -369,13 +386,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     from iotad.data.schema import SchemaError  # pure module: no pandas for a command that needs none
 
     try:
+        configure_logging(args.verbose, args.log_format, service=args.command in SERVICES,
+                          device=getattr(args, "device_name", None) or getattr(args, "device", None) or None)
         args.func(args)
     except (SchemaError, UsageError, FileNotFoundError, NotADirectoryError, ValueError) as exc:
-        err.print(f"[red]iotad {args.command}: error:[/red] {exc}", highlight=False)
+        err.print(f"[red]iotad {args.command}: error:[/red] {escape(str(exc))}", highlight=False)
         return 2
     except KeyboardInterrupt:
         err.print("interrupted")

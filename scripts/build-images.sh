@@ -22,6 +22,8 @@
 #   --stub-entrypoints  build even when server/ or client/entrypoint.sh do not exist yet (a stub that
 #                       exits 64): only for testing the build path
 #   --no-cache          pass --no-cache to docker build
+#   --keep-build-cache  keep the builder stage's untagged image (~1.6 GB; faster rebuilds). By default
+#                       it is pruned at the end, so a build leaves no dangling image behind.
 # Environment: IOTAD_BUILD_DIR (staging, default /var/tmp/iotad-build-ctx), IOTAD_BUILD_LOG_DIR.
 set -euo pipefail
 
@@ -37,6 +39,7 @@ PUSH=0
 REGISTRY=""
 STUB=0
 NO_CACHE=()
+KEEP_CACHE=0
 while (($#)); do
   case "$1" in
     --arm64) BUILD_ARM64=1 ;;
@@ -48,7 +51,8 @@ while (($#)); do
     --registry) REGISTRY="${2%/}/"; shift ;;
     --stub-entrypoints) STUB=1 ;;
     --no-cache) NO_CACHE=(--no-cache) ;;
-    -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
+    --keep-build-cache) KEEP_CACHE=1 ;;
+    -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
   shift
@@ -172,6 +176,12 @@ for arch in "${ARCHES[@]}"; do
     timed "image $name $arch" build_one "$name" "$arch" "$ctx"
   done
 done
+
+# The classic builder keeps each builder stage as an untagged image (the cache shared by the server and
+# client builds above); pruned once all are built, by the label the Dockerfiles give that stage.
+if [[ $KEEP_CACHE -eq 0 ]]; then
+  timed "prune builder stage" docker image prune -f --filter dangling=true --filter label=io.iotad.stage=builder >/dev/null
+fi
 
 log "summary"
 printf '  %s\n' "${SUMMARY[@]}" >&2

@@ -58,7 +58,7 @@ outdir=${args[1]}
 [[ "$aggregator" == *:* ]] || { echo "--aggregator needs HOST:PORT" >&2; exit 2; }
 [[ "$network" == host || "$network" == bridge ]] || { echo "--network host|bridge" >&2; exit 2; }
 [[ -r "$certs/ca.crt" ]] || {
-  echo "no readable $certs/ca.crt: run 'docker compose run --rm init' or scripts/gen-certs.sh first" >&2
+  echo "no readable $certs/ca.crt: run 'docker compose up -d' (its init service) or scripts/gen-certs.sh first" >&2
   echo "(files written by the compose init service belong to uid 10001: run this script with sudo)" >&2
   exit 1
 }

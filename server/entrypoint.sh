@@ -6,7 +6,8 @@
 # `entrypoint.sh init` (the compose one-shot service `init`): create what is missing, keep what exists.
 #   IOTAD_INIT_CERTS (/certs): scripts/gen-certs.sh for IOTAD_DEVICES devices (device-0..N-1), aggregator
 #     SANs IOTAD_CERT_DNS (space separated, default "aggregator"; 127.0.0.1 and localhost always), then
-#     pubkeys/<name>/node_key.pub of every devices/<name>/ (the public keys alone, for IOTAD_KEYS_DIR).
+#     pubkeys/<name>/node_key.pub of every devices/<name>/ (the public keys alone, for IOTAD_KEYS_DIR),
+#     aggregator/{ca.crt,server.pem,server.key} and devices/ca.crt (the mounts of docker-compose.yml).
 #   IOTAD_INIT_DATA (/data): <name>/traffic.csv per device, `iotad synth` (IOTAD_ROWS_PER_DEVICE, IOTAD_SEED).
 #   Run as root (the bind-mounted ./certs may belong to anyone), it hands both trees to uid 10001.
 set -eu
@@ -21,6 +22,14 @@ if [ "${1:-}" = init ]; then
         mkdir -p "$certs/pubkeys.new/$name" && cp "$key" "$certs/pubkeys.new/$name/"
     done
     rm -rf "$certs/pubkeys" && mv "$certs/pubkeys.new" "$certs/pubkeys"
+    # What each service mounts, as directories (compose checks a file secret before `init` could make
+    # it; a directory bind is resolved when the container starts): aggregator/ (its TLS files) and the
+    # CA beside the device keys. Hard links keep one copy (re-linked on every run).
+    mkdir -p "$certs/aggregator"
+    for f in ca.crt server.pem server.key; do
+        ln -f "$certs/$f" "$certs/aggregator/$f" 2>/dev/null || cp -f "$certs/$f" "$certs/aggregator/$f"
+    done
+    ln -f "$certs/ca.crt" "$certs/devices/ca.crt" 2>/dev/null || cp -f "$certs/ca.crt" "$certs/devices/ca.crt"
     i=0 missing=0
     while [ "$i" -lt "$n" ]; do [ -s "$data/device-$i/traffic.csv" ] || missing=1; i=$((i + 1)); done
     if [ "$missing" = 1 ]; then

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import asdict
@@ -157,7 +158,7 @@ class Aggregator:
         new = [n for n, d in self.fed.devices.items() if d.node_id is None]
         if new:
             self.fed.register_devices(new)
-            log.warning("device keys registered (or already known): %s", ", ".join(new))
+            log.info("device keys registered (or already known): %s", ", ".join(new))
         return new
 
     def _superlink_alive(self) -> bool:
@@ -214,7 +215,7 @@ class Aggregator:
         """Wait for devices, submit, resubmit while the run is lost; returns every attempt's result."""
         assert self.telemetry is not None
         if latest_round(self.checkpoint_dir) >= self.rounds:
-            log.warning("checkpoint already at round %d of %d: nothing to train", self.rounds, self.rounds)
+            log.info("checkpoint already at round %d of %d: nothing to train", self.rounds, self.rounds)
             self.status.state = "completed"
             self._write_status()
             return []
@@ -222,8 +223,9 @@ class Aggregator:
         self._write_status()
         self.ensure_superlink()
         self.fed.wait_online(self.min_nodes, timeout=self.join_timeout)
-        results = self.fed.run_supervised(self._next_config, timeout=self.run_timeout,
-                                          max_attempts=self.max_attempts)
+        with RoundLog(self.checkpoint_dir, self.rounds):
+            results = self.fed.run_supervised(self._next_config, timeout=self.run_timeout,
+                                              max_attempts=self.max_attempts)
         if results:
             self._close_attempt(results[-1])
         self.telemetry.run_finished()
@@ -253,6 +255,51 @@ class Aggregator:
         tmp = self.status_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(asdict(self.status), indent=2) + "\n")
         tmp.replace(self.status_path)
+
+
+class RoundLog(threading.Thread):
+    """One log line per completed round (duration, participants, losses), read from the checkpoint
+    history the ServerApp writes after each round: the ServerApp's own output stays in the run's log."""
+
+    def __init__(self, checkpoint_dir: Path, rounds: int, every: float = 2.0) -> None:
+        super().__init__(name="round-log", daemon=True)
+        self.checkpoint_dir, self.rounds, self.every = checkpoint_dir, rounds, every
+        self.done = threading.Event()
+        self.logged = max((r.round for r in self._history()), default=0)  # not again after a restart
+
+    def _history(self) -> list[Any]:
+        from iotad.fl.checkpoint import CheckpointStore
+
+        try:
+            return CheckpointStore(self.checkpoint_dir).history()
+        except (OSError, ValueError, TypeError) as exc:  # mid-write or damaged: the next poll retries
+            log.debug("round history unreadable: %s", exc)
+            return []
+
+    def poll(self) -> None:
+        for rec in (r for r in self._history() if r.round > self.logged):
+            failed = rec.failures()
+            lost = ", ".join(f"{n} {why}" for why, n in failed.items())
+            f1 = rec.metrics.get("f1")
+            log.info("round %d/%d done in %.1f s: %d devices%s, train loss %s, threshold %.4g%s", rec.round,
+                     self.rounds, rec.duration_seconds, rec.devices_participating,
+                     f" (lost: {lost})" if lost else "",
+                     "n/a" if rec.train_loss is None else f"{rec.train_loss:.4g}", rec.threshold,
+                     "" if f1 is None else f", eval f1 {f1:.3f}")
+            self.logged = max(self.logged, rec.round)
+
+    def run(self) -> None:
+        while not self.done.wait(self.every):
+            self.poll()
+
+    def __enter__(self) -> RoundLog:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.done.set()
+        self.join(timeout=5.0)
+        self.poll()  # the last round
 
 
 # --------------------------------------------------------------------------------------------------
@@ -295,15 +342,16 @@ def run_aggregator(
     with sigterm_as_keyboard_interrupt():
         try:
             agg.start()
-            log.warning("aggregator: Fleet API %s (TLS), Control API %s, /metrics %s", fleet_address,
+            log.info("aggregator: Fleet API %s (TLS), Control API %s, /metrics %s", fleet_address,
                         fed.control_address, agg.status.metrics_url)
             agg.train()
             code = 0 if agg.status.state == "completed" else 1
-            log.warning("training %s: %d/%d rounds", agg.status.state, agg.status.completed_rounds, rounds)
+            log.log(logging.INFO if code == 0 else logging.ERROR, "training %s: %d/%d rounds", agg.status.state,
+                    agg.status.completed_rounds, rounds)
             if not exit_after_training:
                 agg.serve_forever()
         except KeyboardInterrupt:
-            log.warning("aggregator: stopping")
+            log.info("aggregator: stopping")
         except DeployError as exc:
             log.error("aggregator: %s", exc)
             code = 1

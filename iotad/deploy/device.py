@@ -28,6 +28,7 @@ from typing import Any
 from iotad.deploy.flower import supernode_argv
 from iotad.deploy.processes import ManagedProcess, ProcessRegistry
 from iotad.telemetry.exporter import MULTIPROC_ENV, prepare_multiproc_dir
+from iotad.telemetry.logs import RELAYED_ENV, Relay
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,7 @@ class DeviceOptions:
     max_retries: int | None = None  # None: retry forever (rejoin a restarted aggregator)
     log_dir: str | None = None  # None: <state>/logs; "-": the launcher's stdout
     agent_args: list[str] = field(default_factory=list)  # source options: --replay/--tail/--capture, --rate, ...
+    verbose: bool = False  # the agent's DEBUG lines too
 
 
 class DeviceLauncher:
@@ -65,7 +67,7 @@ class DeviceLauncher:
 
     def _log_path(self, name: str) -> Path:
         if self.opts.log_dir == "-":
-            return Path("/dev/stdout")  # opened in append mode: the container log
+            return Path("/dev/stdout")  # through a Relay: the container log
         base = Path(self.opts.log_dir) if self.opts.log_dir else self.state / "logs"
         return base / f"{name}.log"
 
@@ -96,7 +98,7 @@ class DeviceLauncher:
     def agent_argv(self) -> list[str]:
         o = self.opts
         argv = [
-            sys.executable, "-m", "iotad.cli", "-v", "agent", "--device", o.device_name,
+            sys.executable, "-m", "iotad.cli", *(["-v"] if o.verbose else []), "agent", "--device", o.device_name,
             "--model-dir", str(self.dirs["model"]), "--metrics-dir", str(self.dirs["metrics"]),
             "--metrics-host", o.metrics_host, "--metrics-port", str(o.metrics_port),
         ]
@@ -110,12 +112,22 @@ class DeviceLauncher:
             d.mkdir(parents=True, exist_ok=True)
         prepare_multiproc_dir(self.dirs["metrics"], wipe=True)  # no counters of a previous boot
         self.registry.env.update(self.env())
-        sn = self.registry.spawn("supernode", self.supernode_argv(), self._log_path("supernode"),
-                                 env={"FLWR_HOME": str(self.dirs["flwr-home"])})
-        agent = self.registry.spawn("agent", self.agent_argv(), self._log_path("agent"))
+        sn = self._spawn("supernode", self.supernode_argv(), {"FLWR_HOME": str(self.dirs["flwr-home"])})
+        agent = self._spawn("agent", self.agent_argv())
         self.procs = [sn, agent]
-        log.warning("device %s: SuperNode pid %d -> %s, agent pid %d (/metrics on %s:%d)", self.opts.device_name,
+        log.info("device %s: SuperNode pid %d -> %s, agent pid %d (/metrics on %s:%d)", self.opts.device_name,
                     sn.pid, self.opts.superlink, agent.pid, self.opts.metrics_host, self.opts.metrics_port)
+
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> ManagedProcess:
+        """One child; with ``--log-dir -`` its lines (and those of its children: the ClientApps) reach our
+        stdout through a Relay, tagged with the device name, without Flower's colours and spacer lines."""
+        relayed = self.opts.log_dir == "-"
+        proc = self.registry.spawn(name, argv, self._log_path(name), pipe=relayed,
+                                   env={**(env or {}), **({RELAYED_ENV: "1"} if relayed else {})})
+        if relayed:
+            assert proc.popen.stdout is not None
+            Relay(proc.popen.stdout, name, device=self.opts.device_name).start()
+        return proc
 
     def supervise(self, poll: float = 0.5) -> int:
         """Block until a signal (exit 0) or a child's exit (exit 1); stops both either way."""

@@ -26,6 +26,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
+from typing import IO
 
 HOST = "127.0.0.1"
 TAG_ENV = "IOTAD_DEPLOY_TAG"
@@ -173,9 +174,12 @@ class ProcessRegistry:
         *,
         env: Mapping[str, str] | None = None,
         cwd: Path | None = None,
+        pipe: bool = False,
     ) -> ManagedProcess:
-        """Start ``argv`` in a new session, stdout+stderr appended to ``log_path``."""
-        log_path.parent.mkdir(parents=True, exist_ok=True)
+        """Start ``argv`` in a new session, stdout+stderr appended to ``log_path`` (``pipe``: to
+        ``popen.stdout`` instead, for the caller to read; ``log_path`` then only names it)."""
+        if not pipe:
+            log_path.parent.mkdir(parents=True, exist_ok=True)
         full_env = {**os.environ, **self.env, **(env or {}), TAG_ENV: self.tag}
         # Keep the venv's console scripts (flower-superexec, flwr-clientapp, ...) reachable by name:
         # Flower starts its children through PATH.
@@ -183,13 +187,16 @@ class ProcessRegistry:
         if bindir not in full_env.get("PATH", "").split(os.pathsep):
             full_env["PATH"] = bindir + os.pathsep + full_env.get("PATH", "")
         full_env.setdefault("PYTHONUNBUFFERED", "1")
-        with open(log_path, "ab") as log:
-            log.write(f"# {time.strftime('%Y-%m-%dT%H:%M:%S')} $ {' '.join(argv)}\n".encode())
-            log.flush()
+        with contextlib.ExitStack() as stack:
+            out: IO[bytes] | int = subprocess.PIPE
+            if not pipe:
+                out = stack.enter_context(open(log_path, "ab"))
+                out.write(f"# {time.strftime('%Y-%m-%dT%H:%M:%S')} $ {' '.join(argv)}\n".encode())
+                out.flush()
             popen = subprocess.Popen(
                 list(argv),
                 stdin=subprocess.DEVNULL,
-                stdout=log,
+                stdout=out,
                 stderr=subprocess.STDOUT,
                 env=full_env,
                 cwd=cwd,

@@ -73,7 +73,7 @@ def run_agent(opts: AgentOptions, *, loader: Loader = load_numpy_detector) -> in
         log.warning("--threads %d not applied: numpy's BLAS is not an OpenBLAS this agent can reach", opts.threads)
     dev = DeviceTelemetry(opts.device)
     server = serve_metrics(opts.metrics_port, opts.metrics_host, tls=opts.metrics_tls)
-    log.warning("agent %s: /metrics on %s; model dir %s", opts.device, server.url, opts.model_dir)
+    log.info("agent %s: /metrics on %s; model dir %s", opts.device, server.url, opts.model_dir)
     agent = Agent(source, opts.model_dir, dev, batch_size=opts.batch_size, poll_interval=opts.poll_interval,
                   loader=loader)
 
@@ -92,6 +92,6 @@ def run_agent(opts: AgentOptions, *, loader: Loader = load_numpy_detector) -> in
     finally:
         agent.stop()
         server.close()
-    log.warning("agent %s stopped: %d flows scored, %d anomalies, %d reloads", opts.device, stats.scored,
+    log.info("agent %s stopped: %d flows scored, %d anomalies, %d reloads", opts.device, stats.scored,
                 stats.anomalies, stats.reloads)
     return 0

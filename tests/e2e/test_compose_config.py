@@ -54,8 +54,20 @@ def test_default_stack_properties() -> None:
         assert services[name]["restart"] == "unless-stopped"
         assert services[name]["depends_on"]["init"]["condition"] == "service_completed_successfully"
     assert services["device"]["depends_on"]["aggregator"]["condition"] == "service_healthy"
-    assert {s["target"] for s in services["aggregator"]["secrets"]} == {"ca.crt", "server.pem", "server.key"}
-    assert [s["target"] for s in services["device"]["secrets"]] == ["ca.crt"]
+    # Certificates as read-only directory mounts (a file secret would fail `up` before init made it);
+    # the CA key stays with init.
+    certs = str(ROOT / "certs")
+    agg_mounts = {v["target"]: v for v in services["aggregator"]["volumes"]}
+    assert agg_mounts["/run/iotad/certs"]["source"] == certs + "/aggregator"
+    assert agg_mounts["/run/iotad/pubkeys"]["source"] == certs + "/pubkeys"
+    dev_mounts = {v["target"]: v for v in services["device"]["volumes"]}
+    assert dev_mounts["/run/iotad/keys"]["source"] == certs + "/devices"
+    for m in [*agg_mounts.values(), *dev_mounts.values()]:
+        assert m["type"] == "volume" or m["read_only"] is True, m
+        assert m["type"] == "volume" or not m["source"].rstrip("/").endswith("certs"), m
+    assert services["aggregator"]["environment"]["IOTAD_CERTS_DIR"] == "/run/iotad/certs"
+    assert services["device"]["environment"]["IOTAD_ROOT_CERTIFICATES"] == "/run/iotad/keys/ca.crt"
+    assert "secrets" not in services["aggregator"] and "secrets" not in cfg
     assert services["aggregator"]["environment"]["IOTAD_METRICS_PORT"] == "9400"
     assert services["device"]["environment"]["IOTAD_METRICS_PORT"] == "9401"
     assert services["aggregator"]["environment"]["IOTAD_MIN_NODES"] == "3"

@@ -84,3 +84,15 @@ def test_the_scan_finds_the_federations_own_keys(tmp_path: Path) -> None:
     for key in keys:
         assert KEY_NAMES.search(str(key.relative_to(tmp_path))) and KEY_CONTENT.search(key.read_bytes()), key
     assert not KEY_CONTENT.search(certs.ca_cert.read_bytes() + certs.device_public_key("device-0").read_bytes())
+
+
+def test_no_dangling_builder_stage() -> None:
+    """scripts/build-images.sh prunes the builder stage's untagged image (about 1.6 GB) and only that."""
+    left = subprocess.run(["docker", "images", "-q", "--filter", "dangling=true",
+                           "--filter", "label=io.iotad.stage=builder"],
+                          capture_output=True, text=True, timeout=60, check=True).stdout.split()
+    assert left == [], f"dangling builder images left by the build: {left}"
+    for image in IMAGES:
+        labels = subprocess.run(["docker", "image", "inspect", "-f", "{{json .Config.Labels}}", image],
+                                capture_output=True, text=True, timeout=60, check=True).stdout
+        assert "io.iotad.stage" not in labels, f"{image} carries the builder stage's label"
