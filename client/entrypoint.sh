@@ -10,7 +10,8 @@
 # Then: key IOTAD_KEYS_DIR/device-<k>/node_key, data IOTAD_DATA_DIR/device-<k>/traffic.csv, state
 # IOTAD_STATE_DIR/device-<k>, and with IOTAD_PORTS_BY_INDEX=1 (host networking) the SuperNode and metrics
 # ports are IOTAD_SUPERNODE_PORT + k and IOTAD_METRICS_PORT + k. The metrics port in use is written to
-# /tmp/iotad-metrics-port for the compose health check.
+# /tmp/iotad-metrics-port for the compose health check. With IOTAD_TARGETS_DIR (compose.hostnet.yml) the
+# device also writes its Prometheus file_sd target there, <name>.json.
 set -eu
 : "${IOTAD_STATE_DIR:=/var/lib/iotad}"
 : "${IOTAD_DEVICE:?set IOTAD_DEVICE to the name this device was registered under}"
@@ -64,6 +65,11 @@ if [ "$IOTAD_DEVICE" = auto ]; then
     beat=$!
 fi
 echo "${IOTAD_METRICS_PORT:-9401}" >/tmp/iotad-metrics-port 2>/dev/null || :
+if [ -n "${IOTAD_TARGETS_DIR:-}" ]; then   # Prometheus file_sd (compose.hostnet.yml): where to scrape us
+    t="$IOTAD_TARGETS_DIR/$IOTAD_DEVICE.json"
+    printf '[{"targets": ["%s:%s"], "labels": {"device": "%s"}}]\n' "${IOTAD_METRICS_HOST:-127.0.0.1}" \
+        "${IOTAD_METRICS_PORT:-9401}" "$IOTAD_DEVICE" >"$t.tmp" && mv "$t.tmp" "$t"
+fi
 
 mkdir -p "$IOTAD_STATE_DIR/tmp"
 export TMPDIR="$IOTAD_STATE_DIR/tmp"

@@ -11,6 +11,7 @@ import argparse
 import os
 import shlex
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -168,6 +169,21 @@ def _add_metrics_tls(s: argparse.ArgumentParser) -> None:
     s.add_argument("--metrics-tls-key", default=_env(TLS_KEY_ENV), help=f"its private key (${TLS_KEY_ENV})")
     s.add_argument("--metrics-client-ca", default=_env(TLS_CLIENT_CA_ENV),
                    help=f"scrapers must present a client certificate this CA signed (${TLS_CLIENT_CA_ENV})")
+
+
+def _retrain(a: argparse.Namespace) -> None:
+    import json
+
+    from iotad.deploy.status import RETRAIN_REQUEST
+
+    status_path = a.state_dir / "aggregator-status.json"
+    if not status_path.is_file():
+        raise UsageError(f"{a.state_dir} is not an aggregator's state dir (no aggregator-status.json)")
+    (a.state_dir / RETRAIN_REQUEST).write_text(f"requested at {time.time():.0f}\n")
+    state = json.loads(status_path.read_text()).get("state", "?")
+    when = "within seconds" if state in ("completed", "failed") else f"when the current training ends ({state})"
+    err.print(f"retrain requested: the aggregator moves the checkpoints to checkpoints.previous and trains "
+              f"again {when}; follow it with `docker compose logs -f aggregator`")
 
 
 def _aggregator(a: argparse.Namespace) -> None:
@@ -363,6 +379,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--exit-after-training", action="store_true")
     _add_metrics_tls(s)
     s.set_defaults(func=_aggregator)
+
+    s = sub.add_parser("retrain", help="ask the running aggregator to train again from scratch")
+    s.add_argument("--state-dir", type=Path, default=Path(_env("IOTAD_STATE_DIR", "/var/lib/iotad") or ""),
+                   help="the aggregator's state dir (default $IOTAD_STATE_DIR or /var/lib/iotad)")
+    s.set_defaults(func=_retrain)
 
     s = sub.add_parser("device", help="device: SuperNode + agent in one supervised group")
     s.add_argument("--state-dir", type=Path, default=Path(_env("IOTAD_STATE_DIR", "/var/lib/iotad") or ""))

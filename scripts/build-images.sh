@@ -2,7 +2,7 @@
 # Build the iotad container images.
 #
 # Air-gapped (default; no registry, no index inside the build):
-#   scripts/build-images.sh                    amd64 server + device (client) images
+#   scripts/build-images.sh                    amd64 server + device (client) + prometheus images
 #   scripts/build-images.sh --arm64            ... plus the arm64 device image (QEMU on x86)
 #   scripts/build-images.sh --arm64-only       only the arm64 device image
 #   scripts/build-images.sh --arm64-server     also an arm64 server image (with --arm64/--arm64-only)
@@ -15,8 +15,9 @@
 #   Without --push each platform is built and loaded separately (a multi-platform result cannot be
 #   loaded into the classic image store).
 #
-# Tags: iotad-server:<version> and iotad-client:<version> (version from pyproject.toml, override with
-# IOTAD_IMAGE_TAG); images of a foreign arch get a -<arch> suffix (iotad-client:<version>-arm64).
+# Tags: iotad-server:<version>, iotad-client:<version>, iotad-prometheus:<version> (amd64; version from
+# pyproject.toml, override with IOTAD_IMAGE_TAG); images of a foreign arch get a -<arch> suffix
+# (iotad-client:<version>-arm64).
 # scripts/export-device-image.sh arm64 saves the latter under the plain name for the device.
 # Other options:
 #   --stub-entrypoints  build even when server/ or client/entrypoint.sh do not exist yet (a stub that
@@ -52,7 +53,7 @@ while (($#)); do
     --stub-entrypoints) STUB=1 ;;
     --no-cache) NO_CACHE=(--no-cache) ;;
     --keep-build-cache) KEEP_CACHE=1 ;;
-    -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
   shift
@@ -106,7 +107,7 @@ stage_context() {  # stage_context ARCH -> prints the dir
   rm -rf "$dir"
   mkdir -p "$dir/wheelhouse"
   local f
-  for f in pyproject.toml README.md .dockerignore Dockerfile.server Dockerfile.client iotad server client; do
+  for f in pyproject.toml README.md .dockerignore Dockerfile.server Dockerfile.client Dockerfile.prometheus iotad server client; do
     [[ -e "$ROOT/$f" ]] && cp -a "$ROOT/$f" "$dir/"
   done
   mkdir -p "$dir/scripts" && cp -a "$ROOT/scripts/gen-certs.sh" "$dir/scripts/"  # Dockerfile.server
@@ -172,6 +173,7 @@ for arch in "${ARCHES[@]}"; do
   ctx=$(stage_context "$arch")
   names=(client)
   if [[ "$arch" == amd64 || $ARM64_SERVER -eq 1 ]]; then names=(server client); fi
+  [[ "$arch" != amd64 ]] || names+=(prometheus)  # the monitoring profile's Prometheus (Debian package)
   for name in "${names[@]}"; do
     timed "image $name $arch" build_one "$name" "$arch" "$ctx"
   done
@@ -186,7 +188,7 @@ fi
 log "summary"
 printf '  %s\n' "${SUMMARY[@]}" >&2
 for arch in "${ARCHES[@]}"; do
-  for name in server client; do
+  for name in server client prometheus; do
     t=$(image_tag "$name" "$arch")
     docker image inspect "$t" >/dev/null 2>&1 && printf '  %-34s %s\n' "$t" "$(size_of "$t")" >&2
   done

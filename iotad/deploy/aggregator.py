@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import threading
 import time
 from collections.abc import Mapping
@@ -31,7 +32,7 @@ from typing import Any
 from iotad.deploy.federation import PROJECT_ROOT, LocalFederation
 from iotad.deploy.processes import DeployError, sigterm_as_keyboard_interrupt
 from iotad.deploy.runs import RunResult
-from iotad.deploy.status import AggregatorStatus, Attempt, latest_round
+from iotad.deploy.status import RETRAIN_REQUEST, AggregatorStatus, Attempt, latest_round
 from iotad.telemetry.exporter import (
     MULTIPROC_ENV,
     MetricsServer,
@@ -52,6 +53,7 @@ log = logging.getLogger(__name__)
 DEFAULT_METRICS_PORT = 9400
 DEFAULT_FLEET_PORT = 9092
 DEFAULT_CONTROL_PORT = 9093
+DELIVERY_TIMEOUT = 900.0  # s for one model delivery run (a device that left meanwhile must not block it)
 
 
 class Aggregator:
@@ -89,6 +91,7 @@ class Aggregator:
         run_timeout: float | None = 7200.0,
         max_attempts: int = 5,
         status_path: Path | None = None,
+        deliver_every: float = 15.0,
     ) -> None:
         self.fed = fed
         self.rounds = int(rounds)
@@ -106,6 +109,9 @@ class Aggregator:
         self.status = AggregatorStatus(rounds=self.rounds)
         self.server: MetricsServer | None = None
         self.telemetry: AggregatorTelemetry | None = None
+        self.holders: set[str] = set()  # node ids known to hold the current model
+        self.delivery_failures = 0
+        self.deliver_every = deliver_every
         fed.min_online = self.min_nodes
         # Every child (SuperLink -> superexec -> flwr-serverapp) inherits the directory.
         fed.registry.env[MULTIPROC_ENV] = str(self.multiproc_dir)
@@ -211,9 +217,27 @@ class Aggregator:
             att.run_id, att.status, att.details, att.seconds = result.run_id, result.status, result.details, \
                 result.seconds
 
+    def take_retrain_request(self) -> bool:
+        """An ``iotad retrain`` request: the checkpoints move to ``checkpoints.previous`` (replacing an
+        older one), so that the next :meth:`train` starts from scratch. True if there was one."""
+        request = self.fed.workdir / RETRAIN_REQUEST
+        if not request.exists():
+            return False
+        previous = self.checkpoint_dir.with_name(self.checkpoint_dir.name + ".previous")
+        if self.checkpoint_dir.exists():
+            shutil.rmtree(previous, ignore_errors=True)
+            self.checkpoint_dir.rename(previous)
+        request.unlink(missing_ok=True)
+        self.holders.clear()
+        self.status.completed_rounds = 0
+        log.info("retrain requested: the previous checkpoints are in %s; training %d rounds from scratch",
+                 previous, self.rounds)
+        return True
+
     def train(self) -> list[RunResult]:
         """Wait for devices, submit, resubmit while the run is lost; returns every attempt's result."""
         assert self.telemetry is not None
+        self.take_retrain_request()
         if latest_round(self.checkpoint_dir) >= self.rounds:
             log.info("checkpoint already at round %d of %d: nothing to train", self.rounds, self.rounds)
             self.status.state = "completed"
@@ -231,13 +255,63 @@ class Aggregator:
         self.telemetry.run_finished()
         self.status.completed_rounds = latest_round(self.checkpoint_dir)
         self.status.state = "completed" if self.status.completed_rounds >= self.rounds else "failed"
+        if self.status.state == "completed":
+            self.holders = self.online_nodes()  # the last round's evaluate handed them the model
+            self.status.model_holders = len(self.holders)
         self._write_status()
         return results
 
+    # --- after training ---------------------------------------------------------------------------
+
+    def online_nodes(self) -> set[str]:
+        """Node ids the SuperLink reports online (empty while it does not answer)."""
+        try:
+            return {str(n["node-id"]) for n in self.fed.nodes() if n.get("status") == "online"}
+        except DeployError as exc:
+            log.debug("cannot list the SuperNodes: %s", exc)
+            return set()
+
+    def deliver(self) -> bool:
+        """Hand the trained model to online devices that do not hold it yet (late joiners; every device
+        after an aggregator restart): one ``distribute`` run to all online devices. True if it ran."""
+        if self.status.state != "completed":
+            return False
+        self.register_devices()  # keys that init added for new devices since the start
+        online = self.online_nodes()
+        new = online - self.holders
+        if not new:
+            return False
+        log.info("delivering the round %d model to %d device(s) without it (%d online)",
+                 latest_round(self.checkpoint_dir), len(new), len(online))
+        result = self.fed.submit({**self.run_config(), "distribute": True, "min-nodes": len(online)}).wait(
+            DELIVERY_TIMEOUT)
+        if result.succeeded:
+            self.holders |= online
+            self.status.model_holders = len(self.holders)
+            self._write_status()
+            self.delivery_failures = 0
+        else:
+            self.delivery_failures += 1
+            log.warning("model delivery run %s ended %s (%s); trying again in %.0f s", result.run_id,
+                        result.status, result.details, self.delivery_backoff())
+        return True
+
+    def delivery_backoff(self) -> float:
+        """Seconds to the next delivery check: the period, doubled per failed delivery up to 10 min."""
+        return min(self.deliver_every * 2.0 ** self.delivery_failures, 600.0)
+
     def serve_forever(self, poll: float = 2.0) -> None:
-        """Keep ``/metrics`` and the SuperLink up until interrupted (KeyboardInterrupt / SIGTERM)."""
+        """Keep ``/metrics`` and the SuperLink up until interrupted (KeyboardInterrupt / SIGTERM); deliver
+        the model to devices that join later, and train again when ``iotad retrain`` asks."""
+        next_delivery = 0.0
         while True:
             self.ensure_superlink()
+            if (self.fed.workdir / RETRAIN_REQUEST).exists():
+                self.train()
+                next_delivery = time.monotonic() + self.deliver_every
+            elif time.monotonic() >= next_delivery:  # one `flwr supernode list` (~1 s of CPU) per period
+                self.deliver()
+                next_delivery = time.monotonic() + self.delivery_backoff()
             time.sleep(poll)
 
     def stop(self) -> None:

@@ -6,6 +6,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+RETRAIN_REQUEST = "retrain.request"  # in the aggregator's state dir: `iotad retrain` asks for a new training
+
 
 def latest_round(checkpoint_dir: Path) -> int:
     """Round of the last complete checkpoint (0: none). Reads ``latest.json`` only (no torch)."""
@@ -37,3 +39,4 @@ class AggregatorStatus:
     attempts: list[Attempt] = field(default_factory=list)
     superlink_restarts: int = 0
     metrics_url: str = ""
+    model_holders: int = 0  # online devices that hold the trained model (trained with it, or delivered)

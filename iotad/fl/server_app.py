@@ -85,10 +85,16 @@ def make_server_app(overrides: dict[str, Any] | None = None) -> ServerApp:
             )
             telemetry.evaluated(record.metrics)
 
-        history = FederatedTraining(
+        training = FederatedTraining(
             grid, cfg, store, on_round=publish, on_phase=telemetry.phase_entered,
             initial_weights=lambda: initial_weights(cfg.model_seed, cfg.members, len(cfg.feature_names)),
-        ).run()
+        )
+        if cfg.distribute:
+            delivered = training.distribute()
+            telemetry.delivered(delivered["devices_evaluated"])
+            log.info("round %d model delivered to %d devices", delivered["round"], delivered["devices_evaluated"])
+            return
+        history = training.run()
         if history:
             last = history[-1]
             log.info("round %d: f1=%.4f threshold=%.6g", last.round, last.metrics.get("f1") or 0.0, last.threshold)

@@ -72,6 +72,7 @@ class FederationConfig:
     checkpoint_dir: str = "runs/federated"
     resume: bool = True
     round_timeout: float = 900.0
+    distribute: bool = False  # no training: hand the latest checkpoint to every connected device
 
     @classmethod
     def from_run_config(cls, run_config: dict[str, Any]) -> FederationConfig:
@@ -240,14 +241,35 @@ class FederatedTraining:
         metrics["devices_evaluated"] = len(replies)
         return metrics, merged
 
+    def _check_features(self, latest: Checkpoint) -> None:
+        if latest.feature_names and latest.feature_names != self.cfg.feature_names:
+            raise RuntimeError(f"the checkpoint in {self.store.root} was trained on other features than "
+                               f"feature-set {self.cfg.feature_set!r}: remove it or set resume = false")
+
+    def distribute(self) -> dict[str, Any]:
+        """Hand the latest checkpoint to every connected device, e.g. devices that joined after training.
+
+        It is the final round's evaluate again: each device fits its own normalisation (or takes the
+        merged one), writes its bundle for the agent and reports its confusion counts. Nothing is
+        trained and nothing is checkpointed."""
+        latest = self.store.latest()
+        if latest is None:
+            raise RuntimeError(f"no checkpoint in {self.store.root} to distribute: train first")
+        self._check_features(latest)
+        self._wait_for_nodes()
+        self._phase(latest.round, "distribute")
+        metrics, _ = self.evaluate(ArrayRecord.from_numpy_ndarrays(latest.weights), latest.scaler, latest.residual,
+                                   latest.threshold, latest.round)
+        self._phase(latest.round, "done")
+        metrics["round"] = latest.round
+        return metrics
+
     # -- the run ---------------------------------------------------------------------
     def run(self) -> list[RoundRecord]:
         latest = self.store.latest() if self.cfg.resume else None
         if latest is not None:
             log.info("resuming from the round %d checkpoint", latest.round)
-            if latest.feature_names and latest.feature_names != self.cfg.feature_names:
-                raise RuntimeError(f"the checkpoint in {self.store.root} was trained on other features than "
-                                   f"feature-set {self.cfg.feature_set!r}: remove it or set resume = false")
+            self._check_features(latest)
             weights, scaler, start, history = (latest.weights, latest.scaler, latest.round,
                                                 self.store.history(up_to=latest.round))
         else:

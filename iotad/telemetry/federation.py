@@ -15,7 +15,7 @@ from iotad.telemetry.spec import gauge_spec as _g
 from iotad.telemetry.spec import histogram_spec as _h
 
 # What the ServerApp is doing: before round 1 (scaling, global normalisation only), in a round, after the last.
-ROUND_PHASES = ("scaling", "train", "residual", "calibrate", "evaluate", "checkpoint", "done")
+ROUND_PHASES = ("scaling", "train", "residual", "calibrate", "evaluate", "checkpoint", "distribute", "done")
 FAILURE_REASONS = ("error", "missing")
 # Why the aggregator's launcher resubmitted a run from its checkpoint.
 RESUME_RUN_FAILED = "run_failed"  # the run ended without finishing, the SuperLink still up
@@ -28,8 +28,8 @@ FL_SPECS: tuple[MetricSpec, ...] = (
     _g("current_round", "iotad_fl_current_round", "Round the federation is in (0 before the first).", (),
        _SA),
     _g("phase", "iotad_fl_round_phase_state",
-       "1 for what the ServerApp is doing (scaling, train, residual, calibrate, evaluate, checkpoint, done), "
-       "0 for the rest.", ("phase",), _SA),
+       "1 for what the ServerApp is doing (scaling, train, residual, calibrate, evaluate, checkpoint, "
+       "distribute, done), 0 for the rest.", ("phase",), _SA),
     _g("planned_rounds", "iotad_fl_planned_rounds", "Rounds the current run was started for.", (), _LA),
     _c("completed_rounds", "iotad_fl_completed_rounds_total", "Rounds completed (train + evaluate).", (),
        _SA),
@@ -66,6 +66,9 @@ FL_SPECS: tuple[MetricSpec, ...] = (
        ("reason",), _LA),
     _g("active_runs", "iotad_fl_active_runs", "1 while the launcher has a run in progress.", (), _LA,
        mode="livesum"),
+    _c("delivered_devices", "iotad_fl_model_delivered_devices_total",
+       "Devices handed the trained model outside training (late joiners, after a restart or scale-up).", (),
+       _SA),
     _g("last_round_timestamp", "iotad_fl_last_round_timestamp_seconds",
        "Unix time of the last completed round, or of the run's (re)start if later.", (), f"{_SA}, {_LA}",
        mode="max"),
@@ -99,6 +102,7 @@ class FLMetrics(MetricFamilies):
     started_runs: Counter
     resumed_runs: Counter
     active_runs: Gauge
+    delivered_devices: Counter
     last_round_timestamp: Gauge
 
 
@@ -135,6 +139,10 @@ class AggregatorTelemetry:
     # ServerApp --------------------------------------------------------------------------------------
     def round_started(self, server_round: int) -> None:
         self.metrics.current_round.set(server_round)
+
+    def delivered(self, devices: int) -> None:
+        """The latest checkpoint went to ``devices`` devices without training (``distribute`` run)."""
+        self.metrics.delivered_devices.inc(devices)
 
     def phase_entered(self, server_round: int, phase: str) -> None:
         """The ServerApp entered ``phase`` (one of :data:`ROUND_PHASES`) of ``server_round``."""

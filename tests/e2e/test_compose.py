@@ -4,8 +4,10 @@
 fresh certificates directory: the one-shot ``init`` (certificates, device keys, 1500 synthetic rows per
 device), then the aggregator and 3 device replicas, 2 rounds. Checks that
 training completes, that every device's ``/metrics`` (127.0.0.1:9401+k) shows a model round and anomalies,
-the aggregator's (127.0.0.1:9400) the completed rounds, then ``docker compose down -v`` and that nothing of
-the project is left (containers, networks, volumes). Samples the device containers' memory while they
+the aggregator's (127.0.0.1:9400) the completed rounds. Then ``IOTAD_DEVICES=5 up -d``: certificates kept,
+no retraining, the two new devices score with the current model; ``--profile monitoring up -d`` with the
+Prometheus image built here: every target up. Then ``docker compose down -v`` and that nothing of the
+project is left (containers, networks, volumes). Samples the device containers' memory while they
 train; ``IOTAD_E2E_RESULTS=<file>`` receives the figures as JSON (scripts/e2e.sh).
 
 Needs the images (``scripts/build-images.sh``), a running docker engine and the compose v2 plugin:
@@ -38,8 +40,10 @@ HOST = "127.0.0.1"
 AGG_METRICS = 9400
 DEVICE_METRICS = 9401  # device-k: 9401 + k
 SUPERNODE = 9500  # device-k: 9500 + k
-PORTS = [9092, 9093, AGG_METRICS, *(DEVICE_METRICS + k for k in range(DEVICES)),
-         *(SUPERNODE + k for k in range(DEVICES))]
+SCALED = 5  # the second `up`: IOTAD_DEVICES=5
+PROMETHEUS = 9090
+PORTS = [9092, 9093, AGG_METRICS, PROMETHEUS, *(DEVICE_METRICS + k for k in range(SCALED)),
+         *(SUPERNODE + k for k in range(SCALED))]
 TRAIN_TIMEOUT = float(os.environ.get("IOTAD_E2E_TRAIN_TIMEOUT", "900"))
 COMPOSE = ["docker", "compose", "-f", str(ROOT / "docker-compose.yml"), "-f", str(ROOT / "compose.hostnet.yml")]
 SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)$")
@@ -142,7 +146,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def stack(env: dict[str, str], request: pytest.FixtureRequest) -> Iterator[dict[str, object]]:
-    run([*COMPOSE, "down", "-v", "--remove-orphans"], env, 180)  # leftovers of an aborted run
+    run([*COMPOSE, "--profile", "monitoring", "down", "-v", "--remove-orphans"], env, 180)  # an aborted run's
     busy = [p for p in PORTS if port_busy(p)]
     assert not busy, f"ports in use on 127.0.0.1 (needed by the host-network overlay): {busy}"
     networks_before = set(subprocess.run(["docker", "network", "ls", "-q"], capture_output=True, text=True,
@@ -166,7 +170,8 @@ def stack(env: dict[str, str], request: pytest.FixtureRequest) -> Iterator[dict[
     finally:
         sampler.stop.set()
         t_down = time.monotonic()
-        down = run([*COMPOSE, "down", "-v", "--remove-orphans", "--timeout", "30"], env, 300, check=False)
+        down = run([*COMPOSE, "--profile", "monitoring", "down", "-v", "--remove-orphans", "--timeout", "30"], env,
+                   300, check=False)
         facts["down"] = down
         facts["down_seconds"] = round(time.monotonic() - t_down, 1)
 
@@ -241,12 +246,71 @@ def test_training_completes_and_every_device_detects(stack: dict[str, object], e
     }
 
 
+def test_second_up_keeps_certificates_and_new_devices_get_the_model(stack: dict[str, object],
+                                                                   env: dict[str, str]) -> None:
+    """Runs after training (module order): ``IOTAD_DEVICES=5 docker compose up -d``. The certificates and
+    device keys stay, nothing is trained again, and the two new devices score with the current model
+    (the aggregator delivers it to devices that do not hold it)."""
+    certs = Path(env["IOTAD_CERTS_DIR"])
+    kept = {p: p.read_bytes() for p in [certs / "ca.crt", certs / "server.key", *certs.glob("devices/*/node_key")]}
+    t0 = time.monotonic()
+    env["IOTAD_DEVICES"] = str(SCALED)  # from here on (the later tests and the teardown)
+    run([*COMPOSE, "up", "-d"], env, 600)
+    assert all(p.read_bytes() == b for p, b in kept.items()), "a second up replaced certificates or keys"
+    assert len(list(certs.glob("devices/*/node_key"))) == SCALED
+
+    def scoring(k: int) -> bool:
+        s = scrape(DEVICE_METRICS + k)
+        name = f"device-{k}"
+        return (s.get(f'iotad_edge_model_round{{device="{name}"}}', 0) >= ROUNDS
+                and s.get(f'iotad_edge_scored_flows_total{{device="{name}"}}', 0) > 0)
+
+    for k in range(SCALED):
+        wait_for(f"device-{k} scoring with the round-{ROUNDS} model after scaling up",
+                 lambda k=k: scoring(k), 480)
+    agg = scrape(AGG_METRICS)
+    assert value(agg, "iotad_fl_completed_rounds_total") == ROUNDS  # republished, not retrained
+    assert value(agg, "iotad_fl_model_delivered_devices_total") >= SCALED - DEVICES
+    results = stack.get("results")
+    if isinstance(results, dict):
+        results["scale_up_seconds_to_scoring"] = round(time.monotonic() - t0, 1)
+
+    def healthy() -> list[str]:
+        return run(["docker", "ps", "--filter", f"label=com.docker.compose.project={PROJECT}", "--filter",
+                    "health=healthy", "--format", "{{.Names}}"], env, 60).stdout.split()
+
+    # The aggregator and every device: a device is healthy only once it scores with a model.
+    wait_for("the aggregator and every device healthy", lambda: len(healthy()) == SCALED + 1, 120)
+
+
+def test_monitoring_profile_offline_scrapes_every_target(stack: dict[str, object], env: dict[str, str]) -> None:
+    """``--profile monitoring up -d`` with the Prometheus image built here (no registry): the aggregator
+    and all five devices are up in Prometheus, found through the target files they wrote themselves."""
+    version = env["IOTAD_VERSION"]
+    assert run(["docker", "image", "inspect", f"iotad-prometheus:{version}"], env, 30, check=False).returncode == 0, \
+        "image iotad-prometheus missing: build it with scripts/build-images.sh"
+    run([*COMPOSE, "--profile", "monitoring", "up", "-d"], env, 300)
+
+    def all_up() -> list[dict] | None:
+        url = f"http://{HOST}:{PROMETHEUS}/api/v1/targets?state=active"
+        active = json.load(urllib.request.urlopen(url, timeout=5))["data"]["activeTargets"]
+        iotad = [t for t in active if t["labels"]["job"].startswith("iotad-")]
+        return iotad if len(iotad) == SCALED + 1 and all(t["health"] == "up" for t in iotad) else None
+
+    targets = wait_for("Prometheus scraping the aggregator and every device", all_up, 180)
+    devices = sorted(t["labels"].get("device", "") for t in targets if t["labels"]["job"] == "iotad-devices")
+    assert devices == [f"device-{k}" for k in range(SCALED)]
+    results = stack.get("results")
+    if isinstance(results, dict):
+        results["prometheus_targets_up"] = len(targets)
+
+
 def test_down_leaves_nothing(stack: dict[str, object], env: dict[str, str]) -> None:
     """Runs last (module order): tears the stack down and checks nothing of the project is left."""
     results = stack.get("results")
     # Tear down now (the fixture's finalizer runs it again, harmlessly).
     t = time.monotonic()
-    run([*COMPOSE, "down", "-v", "--remove-orphans", "--timeout", "30"], env, 300)
+    run([*COMPOSE, "--profile", "monitoring", "down", "-v", "--remove-orphans", "--timeout", "30"], env, 300)
     down_seconds = round(time.monotonic() - t, 1)
     assert project_objects("container") == []
     assert project_objects("network") == []

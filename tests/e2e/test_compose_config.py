@@ -27,7 +27,8 @@ def compose(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.parametrize("files", [BASE, HOSTNET], ids=["bridge", "hostnet"])
-@pytest.mark.parametrize("profile", [[], ["--profile", "monitoring"]], ids=["default", "monitoring"])
+@pytest.mark.parametrize("profile", [[], ["--profile", "monitoring"], ["--profile", "grafana"]],
+                         ids=["default", "monitoring", "grafana"])
 def test_config_is_valid(files: list[str], profile: list[str]) -> None:
     proc = compose(*files, *profile, "config", "-q")
     assert proc.returncode == 0, proc.stderr
@@ -71,6 +72,12 @@ def test_default_stack_properties() -> None:
     assert services["aggregator"]["environment"]["IOTAD_METRICS_PORT"] == "9400"
     assert services["device"]["environment"]["IOTAD_METRICS_PORT"] == "9401"
     assert services["aggregator"]["environment"]["IOTAD_MIN_NODES"] == "3"
+    # Metrics reachable from the host (loopback only): the aggregator's port, one port per device replica.
+    published = {(p["target"], p.get("host_ip"), p.get("published")) for name in ("aggregator", "device")
+                 for p in services[name]["ports"]}
+    assert (9400, "127.0.0.1", "9400") in published
+    assert (9401, "127.0.0.1", "9401-9432") in published
+    assert services["device"]["healthcheck"]["test"] == ["CMD", "python3", "-m", "iotad.edge.health"]
 
 
 def test_devices_is_one_variable() -> None:
@@ -85,10 +92,16 @@ def test_devices_is_one_variable() -> None:
     assert services["init"]["environment"]["IOTAD_DEVICES"] == "5"
 
 
-def test_monitoring_profile_pinned_and_no_anonymous_admin() -> None:
+def test_monitoring_profile_is_built_here_and_grafana_is_separate() -> None:
     services = resolved(*BASE, "--profile", "monitoring")["services"]
-    prom, graf = services["prometheus"], services["grafana"]
-    assert prom["image"].startswith("prom/prometheus:v2.53.")
+    assert "grafana" not in services  # the only image from a registry has its own profile
+    prom = services["prometheus"]
+    assert prom["image"].startswith("iotad-prometheus:") and prom["pull_policy"] == "never"
+    assert prom["build"]["dockerfile"] == "Dockerfile.prometheus"
+    assert {v["target"] for v in prom["volumes"]} >= {"/etc/prometheus", "/etc/prometheus/targets", "/prometheus"}
+    services = resolved(*BASE, "--profile", "grafana")["services"]
+    graf = services["grafana"]
+    assert "prometheus" in services  # grafana's data source comes along
     assert graf["image"].startswith("grafana/grafana:11.")
     assert graf["environment"]["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
     assert not graf["environment"]["GF_SECURITY_ADMIN_PASSWORD"]  # from .env only, never a default
@@ -111,3 +124,11 @@ def test_hostnet_overlay_uses_no_compose_network() -> None:
     assert dev["IOTAD_PORTS_BY_INDEX"] == "1"
     agg = cfg["services"]["aggregator"]["environment"]
     assert agg["IOTAD_FLEET_ADDRESS"].startswith("127.0.0.1:") and agg["IOTAD_ROUNDS"] == "2"
+    # Prometheus finds the targets through the files the services write into the shared volume.
+    for name in ("aggregator", "device"):
+        s = cfg["services"][name]
+        assert s["environment"]["IOTAD_TARGETS_DIR"] == "/run/iotad/targets"
+        assert {(v["source"], v["target"]) for v in s["volumes"] if v["type"] == "volume"} >= \
+            {("targets", "/run/iotad/targets")}
+    prom = {(v.get("source"), v["target"]) for v in cfg["services"]["prometheus"]["volumes"]}
+    assert ("targets", "/etc/prometheus/targets") in prom

@@ -168,3 +168,48 @@ def test_round_failures_are_counted_by_reason() -> None:
     record = RoundRecord(2, 0.1, 2, 3, {"error": 1, "non_finite": 1, "shape": 0}, 0.5, {}, 1.0, 10)
     assert record.failures() == {"error": 1, "non_finite": 1, "missing": 1}
     assert RoundRecord(1, 0.1, 3, 0, {}, 0.5, {}, 1.0, 10).failures() == {}
+
+
+def test_distribute_sends_the_latest_checkpoint_to_every_device_and_trains_nothing(tmp_path: Path) -> None:
+    """A device that joins after training gets the final round's model: one evaluate message each,
+    with the checkpoint's weights, threshold and round; no train message, no new checkpoint."""
+    import torch
+
+    from iotad.core import model
+    from iotad.core.evaluation import ClassHistograms, Confusion
+    from iotad.core.train import get_weights
+    from iotad.fl.checkpoint import Checkpoint, CheckpointStore
+    from iotad.fl.records import confusion_to_metrics
+    from iotad.fl.strategy import FederatedTraining
+
+    cfg = FederationConfig(num_rounds=2, min_nodes=3, checkpoint_dir=str(tmp_path), feature_set="packet")
+    training = FederatedTraining(_Grid(lambda m, i: m), cfg, CheckpointStore(tmp_path),
+                                 initial_weights=lambda: REFERENCE)
+    with pytest.raises(RuntimeError, match=r"no checkpoint .* to distribute: train first"):
+        training.distribute()
+
+    torch.manual_seed(0)
+    weights = get_weights(model.Autoencoder(len(cfg.feature_names), members=2))
+    store = CheckpointStore(tmp_path)
+    store.save(Checkpoint(2, weights, None, 0.375, 0.99, None, cfg.feature_names), [], ClassHistograms())
+    files_before = sorted(p.name for p in tmp_path.iterdir())
+    sent: list[Message] = []
+
+    def answer(msg: Message, i: int) -> Message:
+        sent.append(msg)
+        metrics = MetricRecord({"num-examples": 10})
+        confusion_to_metrics(Confusion(tp=1, fp=0, tn=8, fn=1), metrics)
+        return Message(RecordDict({"metrics": metrics}), reply_to=msg)
+
+    training = FederatedTraining(_Grid(answer), cfg, store, initial_weights=lambda: REFERENCE)
+    out = training.distribute()
+    assert out["round"] == 2 and out["devices_evaluated"] == 3
+    assert out["device_confusion"] == {"tp": 3, "fp": 0, "tn": 24, "fn": 3}
+    assert sorted(m.metadata.dst_node_id for m in sent) == [11, 12, 13]
+    assert {m.metadata.message_type for m in sent} == {"evaluate"}
+    for m in sent:
+        config = m.content.config_records["config"]
+        assert (config["threshold"], config["server-round"]) == (0.375, 2)
+        got = m.content.array_records["arrays"].to_numpy_ndarrays()
+        assert [w.tobytes() for w in got] == [w.tobytes() for w in weights]
+    assert sorted(p.name for p in tmp_path.iterdir()) == files_before  # nothing checkpointed
