@@ -7,7 +7,8 @@
 # identity device-<k> (k < IOTAD_DEVICES) with an atomic mkdir in IOTAD_CLAIM_DIR (a volume shared by the
 # replicas), keyed by its container id, so a restarted container keeps its identity. The claim is released
 # when the container stops and is taken over when its holder stopped refreshing it for 2 minutes (killed).
-# Then: key IOTAD_KEYS_DIR/device-<k>/node_key, data IOTAD_DATA_DIR/device-<k>/traffic.csv, state
+# Then: key IOTAD_KEYS_DIR/device-<k>/node_key, data IOTAD_DATA_DIR/device-<k>/traffic.csv (the replay:
+# story.csv beside it when there is one, IOTAD_REPLAY_PATH otherwise), state
 # IOTAD_STATE_DIR/device-<k>, and with IOTAD_PORTS_BY_INDEX=1 (host networking) the SuperNode and metrics
 # ports are IOTAD_SUPERNODE_PORT + k and IOTAD_METRICS_PORT + k. The metrics port in use is written to
 # /tmp/iotad-metrics-port for the compose health check. With IOTAD_TARGETS_DIR (compose.hostnet.yml) the
@@ -54,6 +55,9 @@ if [ "$IOTAD_DEVICE" = auto ]; then
     IOTAD_STATE_DIR="$IOTAD_STATE_DIR/$IOTAD_DEVICE"
     IOTAD_PRIVATE_KEY="${IOTAD_KEYS_DIR:-/run/iotad/keys}/$IOTAD_DEVICE/node_key"
     IOTAD_DATA_PATH="${IOTAD_DATA_DIR:-/data}/$IOTAD_DEVICE/traffic.csv"
+    # The demo replays the story capture when init made one (normal traffic with a few attack bursts).
+    story="${IOTAD_DATA_DIR:-/data}/$IOTAD_DEVICE/story.csv"
+    if [ -z "${IOTAD_REPLAY_PATH:-}" ] && [ -s "$story" ]; then IOTAD_REPLAY_PATH=$story; fi
     if [ "${IOTAD_PORTS_BY_INDEX:-0}" = 1 ]; then
         IOTAD_SUPERNODE_PORT=$((${IOTAD_SUPERNODE_PORT:-9094} + k))
         IOTAD_METRICS_PORT=$((${IOTAD_METRICS_PORT:-9401} + k))
@@ -65,15 +69,18 @@ if [ "$IOTAD_DEVICE" = auto ]; then
     beat=$!
 fi
 echo "${IOTAD_METRICS_PORT:-9401}" >/tmp/iotad-metrics-port 2>/dev/null || :
+target=""
 if [ -n "${IOTAD_TARGETS_DIR:-}" ]; then   # Prometheus file_sd (compose.hostnet.yml): where to scrape us
     t="$IOTAD_TARGETS_DIR/$IOTAD_DEVICE.json"
+    target=$t
     printf '[{"targets": ["%s:%s"], "labels": {"device": "%s"}}]\n' "${IOTAD_METRICS_HOST:-127.0.0.1}" \
         "${IOTAD_METRICS_PORT:-9401}" "$IOTAD_DEVICE" >"$t.tmp" && mv "$t.tmp" "$t"
 fi
 
 mkdir -p "$IOTAD_STATE_DIR/tmp"
 export TMPDIR="$IOTAD_STATE_DIR/tmp"
-set -- ${IOTAD_MAX_RETRIES:+--max-retries "$IOTAD_MAX_RETRIES"} ${IOTAD_TAIL:+--tail "$IOTAD_TAIL"} "$@"
+set -- ${IOTAD_MAX_RETRIES:+--max-retries "$IOTAD_MAX_RETRIES"} ${IOTAD_TAIL:+--tail "$IOTAD_TAIL"} \
+    ${IOTAD_REPLAY_PATH:+--replay-path "$IOTAD_REPLAY_PATH"} "$@"
 set -- ${IOTAD_VERBOSE:+-v} device \
     --state-dir "$IOTAD_STATE_DIR" \
     --device-name "$IOTAD_DEVICE" \
@@ -99,4 +106,7 @@ wait "$child" || rc=$?
 while kill -0 "$child" 2>/dev/null; do wait "$child" || rc=$?; done
 kill "$beat" 2>/dev/null || :
 rm -rf "$claim"
+# Stopped on purpose (exit 0: scaled down, compose stop): no target left for Prometheus to report down.
+# After a crash the target stays, so the device-down alert sees it.
+if [ -n "$target" ] && [ "$rc" = 0 ]; then rm -f "$target"; fi
 exit "$rc"

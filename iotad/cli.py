@@ -32,6 +32,10 @@ def _synth(a: argparse.Namespace) -> None:
     from iotad.data.synthetic import write_synthetic
 
     paths = write_synthetic(a.out, a.devices, a.rows_per_device, a.seed)
+    if a.story:
+        from iotad.data.synthetic.story import write_story_captures
+
+        write_story_captures(a.out, a.devices, a.rows_per_device, a.seed)
     err.print(f"wrote {len(paths)} devices x {a.rows_per_device} rows of SYNTHETIC traffic to {a.out}")
 
 
@@ -101,6 +105,14 @@ def _compare(a: argparse.Namespace) -> None:
 
     path = compare(a.runs, a.out)
     err.print(f"report: {path}")
+
+
+def _story(a: argparse.Namespace) -> None:
+    require_extra("story", "matplotlib", "report")
+    from iotad.core.story import write_story
+
+    path = write_story(a.run, a.data, a.out, episodes=a.episodes, rate=a.rate)
+    err.print(f"story: {path}")
 
 
 def _local_federation(a: argparse.Namespace) -> None:
@@ -211,6 +223,8 @@ def _device(a: argparse.Namespace) -> None:
     agent_args = shlex.split(a.agent_args or "")
     if a.tail:
         agent_args += ["--tail", str(a.tail)]
+    elif a.replay_path and not {"--replay", "--tail", "--capture"} & set(agent_args):
+        agent_args += ["--replay", str(a.replay_path)]
     agent_args += ["--rate", str(a.rate)]
     code = run_device(DeviceOptions(
         state_dir=a.state_dir, device_name=a.device_name, superlink=a.superlink,
@@ -256,6 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--rows-per-device", type=int, required=True)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", type=Path, required=True)
+    s.add_argument("--story", action="store_true",
+                   help="also device-<k>/story.csv: a new capture with a few attack bursts, for the replay")
     s.set_defaults(func=_synth)
 
     s = sub.add_parser("partition", help="split real Edge-IIoTset CSVs into per-device folders")
@@ -380,6 +396,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_metrics_tls(s)
     s.set_defaults(func=_aggregator)
 
+    s = sub.add_parser("story", help="detection timeline per device: held-out synthetic traffic with attack bursts")
+    s.add_argument("--run", type=Path, required=True, help="a run with device bundles (RUN/devices/device-<k>/model)")
+    s.add_argument("--out", type=Path, required=True)
+    s.add_argument("--data", type=Path, required=True, help="the synthetic data the run trained on (iotad synth)")
+    s.add_argument("--episodes", type=int, default=3, help="attack families kept as bursts")
+    s.add_argument("--rate", type=float, default=10.0, help="replay rate (rows/s) for the time axis")
+    s.set_defaults(func=_story)
+
     s = sub.add_parser("retrain", help="ask the running aggregator to train again from scratch")
     s.add_argument("--state-dir", type=Path, default=Path(_env("IOTAD_STATE_DIR", "/var/lib/iotad") or ""),
                    help="the aggregator's state dir (default $IOTAD_STATE_DIR or /var/lib/iotad)")
@@ -399,6 +423,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-retries", type=int, default=None, help="SuperNode connection retries (default: forever)")
     s.add_argument("--log-dir", default=None, help="child logs (default STATE/logs; '-': stdout)")
     s.add_argument("--tail", type=Path, default=None, help="score this live CSV instead of replaying --data-path")
+    s.add_argument("--replay-path", type=Path, default=None,
+                   help="replay this labelled CSV instead of --data-path (e.g. the synthetic story.csv)")
     s.add_argument("--rate", type=float, default=100.0, help="replay rows/s")
     s.add_argument("--agent-args", default="", help="more `iotad agent` options, one string")
     s.set_defaults(func=_device)

@@ -190,6 +190,6 @@ printf '  %s\n' "${SUMMARY[@]}" >&2
 for arch in "${ARCHES[@]}"; do
   for name in server client prometheus; do
     t=$(image_tag "$name" "$arch")
-    docker image inspect "$t" >/dev/null 2>&1 && printf '  %-34s %s\n' "$t" "$(size_of "$t")" >&2
+    if docker image inspect "$t" >/dev/null 2>&1; then printf '  %-34s %s\n' "$t" "$(size_of "$t")" >&2; fi
   done
 done

@@ -8,7 +8,8 @@
 #     SANs IOTAD_CERT_DNS (space separated, default "aggregator"; 127.0.0.1 and localhost always), then
 #     pubkeys/<name>/node_key.pub of every devices/<name>/ (the public keys alone, for IOTAD_KEYS_DIR),
 #     aggregator/{ca.crt,server.pem,server.key} and devices/ca.crt (the mounts of docker-compose.yml).
-#   IOTAD_INIT_DATA (/data): <name>/traffic.csv per device, `iotad synth` (IOTAD_ROWS_PER_DEVICE, IOTAD_SEED).
+#   IOTAD_INIT_DATA (/data): <name>/traffic.csv per device, `iotad synth --story` (IOTAD_ROWS_PER_DEVICE,
+#     IOTAD_SEED), and <name>/story.csv, the capture the device replays (normal traffic, 3 attack bursts).
 #   Run as root (the bind-mounted ./certs may belong to anyone), it hands both trees to uid 10001, and
 #   the `targets` volume (IOTAD_INIT_TARGETS, /targets) where the services write their Prometheus targets.
 # IOTAD_TARGETS_DIR (compose.hostnet.yml): the aggregator writes aggregator.json (file_sd) there.
@@ -18,12 +19,17 @@ if [ "${1:-}" = init ]; then
     set --
     for name in ${IOTAD_CERT_DNS:-aggregator}; do set -- "$@" --dns "$name"; done
     "${IOTAD_GEN_CERTS:-gen-certs.sh}" "$@" --devices "$n" "$certs"
-    rm -rf "$certs/pubkeys.new"
+    # pubkeys/ is updated in place: a running aggregator's bind mount keeps pointing at this directory.
+    mkdir -p "$certs/pubkeys"
     for key in "$certs"/devices/*/node_key.pub; do   # every device, also those made by make-device-bundle.sh
         name=$(basename "$(dirname "$key")")
-        mkdir -p "$certs/pubkeys.new/$name" && cp "$key" "$certs/pubkeys.new/$name/"
+        mkdir -p "$certs/pubkeys/$name" && cp "$key" "$certs/pubkeys/$name/node_key.pub.tmp" \
+            && mv "$certs/pubkeys/$name/node_key.pub.tmp" "$certs/pubkeys/$name/node_key.pub"
     done
-    rm -rf "$certs/pubkeys" && mv "$certs/pubkeys.new" "$certs/pubkeys"
+    for dir in "$certs"/pubkeys/*/; do              # devices whose key is gone
+        name=$(basename "$dir")
+        [ -f "$certs/devices/$name/node_key.pub" ] || rm -rf "$certs/pubkeys/$name"
+    done
     # What each service mounts, as directories (compose checks a file secret before `init` could make
     # it; a directory bind is resolved when the container starts): aggregator/ (its TLS files) and the
     # CA beside the device keys. Hard links keep one copy (re-linked on every run).
@@ -37,7 +43,7 @@ if [ "${1:-}" = init ]; then
     if [ "$missing" = 1 ]; then
         rm -rf "$data/.synth"
         iotad synth --devices "$n" --rows-per-device "${IOTAD_ROWS_PER_DEVICE:-20000}" \
-            --seed "${IOTAD_SEED:-0}" --out "$data/.synth"
+            --seed "${IOTAD_SEED:-0}" --story --out "$data/.synth"
         i=0
         while [ "$i" -lt "$n" ]; do
             [ -s "$data/device-$i/traffic.csv" ] || { rm -rf "$data/device-$i"; mv "$data/.synth/device-$i" "$data/"; }

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import subprocess
 import threading
 import time
 from collections.abc import Mapping
@@ -267,7 +268,7 @@ class Aggregator:
         """Node ids the SuperLink reports online (empty while it does not answer)."""
         try:
             return {str(n["node-id"]) for n in self.fed.nodes() if n.get("status") == "online"}
-        except DeployError as exc:
+        except (DeployError, OSError, subprocess.SubprocessError) as exc:  # e.g. `flwr` timed out
             log.debug("cannot list the SuperNodes: %s", exc)
             return set()
 
@@ -283,8 +284,10 @@ class Aggregator:
             return False
         log.info("delivering the round %d model to %d device(s) without it (%d online)",
                  latest_round(self.checkpoint_dir), len(new), len(online))
-        result = self.fed.submit({**self.run_config(), "distribute": True, "min-nodes": len(online)}).wait(
-            DELIVERY_TIMEOUT)
+        # The ServerApp's own wait for replies ends well before ours: a device that left meanwhile
+        # fails the delivery to it, not the whole run.
+        result = self.fed.submit({**self.run_config(), "distribute": True, "min-nodes": len(online),
+                                  "round-timeout": DELIVERY_TIMEOUT / 3}).wait(DELIVERY_TIMEOUT)
         if result.succeeded:
             self.holders |= online
             self.status.model_holders = len(self.holders)
@@ -303,15 +306,28 @@ class Aggregator:
     def serve_forever(self, poll: float = 2.0) -> None:
         """Keep ``/metrics`` and the SuperLink up until interrupted (KeyboardInterrupt / SIGTERM); deliver
         the model to devices that join later, and train again when ``iotad retrain`` asks."""
-        next_delivery = 0.0
+        next_delivery, retraining = 0.0, False
         while True:
-            self.ensure_superlink()
-            if (self.fed.workdir / RETRAIN_REQUEST).exists():
-                self.train()
-                next_delivery = time.monotonic() + self.deliver_every
-            elif time.monotonic() >= next_delivery:  # one `flwr supernode list` (~1 s of CPU) per period
-                self.deliver()
+            try:
+                self.ensure_superlink()
+                # A retrain that failed (devices missing, run lost) is tried again, resuming its checkpoints.
+                if retraining or (self.fed.workdir / RETRAIN_REQUEST).exists():
+                    retraining = True
+                    if time.monotonic() >= next_delivery:
+                        self.train()
+                        retraining = self.status.state != "completed"
+                        self.delivery_failures = self.delivery_failures + 1 if retraining else 0
+                        next_delivery = time.monotonic() + (self.delivery_backoff() if retraining
+                                                            else self.deliver_every)
+                elif time.monotonic() >= next_delivery:  # one `flwr supernode list` (~1 s of CPU) per period
+                    self.deliver()
+                    next_delivery = time.monotonic() + self.delivery_backoff()
+            except (DeployError, OSError, subprocess.SubprocessError, RuntimeError) as exc:
+                # A trained aggregator keeps serving (metrics, SuperLink, the devices' model) through a
+                # failed retrain or delivery; the next period tries again.
+                self.delivery_failures += 1
                 next_delivery = time.monotonic() + self.delivery_backoff()
+                log.error("after training: %s; trying again in %.0f s", exc, self.delivery_backoff())
             time.sleep(poll)
 
     def stop(self) -> None:
@@ -339,6 +355,7 @@ class RoundLog(threading.Thread):
         super().__init__(name="round-log", daemon=True)
         self.checkpoint_dir, self.rounds, self.every = checkpoint_dir, rounds, every
         self.done = threading.Event()
+        self._lock = threading.Lock()  # the thread and __exit__ both poll
         self.logged = max((r.round for r in self._history()), default=0)  # not again after a restart
 
     def _history(self) -> list[Any]:
@@ -351,6 +368,10 @@ class RoundLog(threading.Thread):
             return []
 
     def poll(self) -> None:
+        with self._lock:
+            self._poll()
+
+    def _poll(self) -> None:
         for rec in (r for r in self._history() if r.round > self.logged):
             failed = rec.failures()
             lost = ", ".join(f"{n} {why}" for why, n in failed.items())

@@ -63,6 +63,7 @@ class DeviceLauncher:
         self.dirs = {k: self.state / k for k in ("flwr-home", "metrics", "model", "cache", "tmp")}
         self.registry = ProcessRegistry()
         self.procs: list[ManagedProcess] = []
+        self.relays: list[Relay] = []
         self._stop = False
 
     def _log_path(self, name: str) -> Path:
@@ -126,7 +127,9 @@ class DeviceLauncher:
                                    env={**(env or {}), **({RELAYED_ENV: "1"} if relayed else {})})
         if relayed:
             assert proc.popen.stdout is not None
-            Relay(proc.popen.stdout, name, device=self.opts.device_name).start()
+            relay = Relay(proc.popen.stdout, name, device=self.opts.device_name)
+            relay.start()
+            self.relays.append(relay)
         return proc
 
     def supervise(self, poll: float = 0.5) -> int:
@@ -159,6 +162,8 @@ class DeviceLauncher:
     def stop(self) -> None:
         # The agent first (it only reads), then the SuperNode and whatever ClientApp it runs.
         self.registry.stop_all(timeout=10.0, order=list(reversed(self.procs)))
+        for relay in self.relays:  # the children's last lines (a traceback) still in the pipes
+            relay.join(timeout=2.0)
 
 
 def run_device(opts: DeviceOptions) -> int:

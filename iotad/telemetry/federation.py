@@ -67,7 +67,8 @@ FL_SPECS: tuple[MetricSpec, ...] = (
     _g("active_runs", "iotad_fl_active_runs", "1 while the launcher has a run in progress.", (), _LA,
        mode="livesum"),
     _c("delivered_devices", "iotad_fl_model_delivered_devices_total",
-       "Devices handed the trained model outside training (late joiners, after a restart or scale-up).", (),
+       "Model deliveries outside training: devices a distribute run sent the latest model to (late joiners, "
+       "after a restart; a device can count more than once).", (),
        _SA),
     _g("last_round_timestamp", "iotad_fl_last_round_timestamp_seconds",
        "Unix time of the last completed round, or of the run's (re)start if later.", (), f"{_SA}, {_LA}",

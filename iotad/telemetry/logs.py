@@ -74,15 +74,18 @@ def configure(verbose: bool = False, fmt: str | None = None, *, service: bool = 
     fmt = fmt or os.environ.get(FORMAT_ENV) or "text"
     if fmt not in FORMATS:
         raise ValueError(f"log format {fmt!r}: use one of {', '.join(FORMATS)}")
+    os.environ[FORMAT_ENV] = fmt  # a Relay in this process and our children use it too
     if os.environ.get(RELAYED_ENV):
         fmt = "relayed"
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(_Formatter(fmt, device if device is not None else os.environ.get(DEVICE_ENV, ""),
                                     process))
     handler.addFilter(_not_blank)
+    handler.set_name("iotad")
     root = logging.getLogger()
     for old in list(root.handlers):
-        root.removeHandler(old)
+        if old.get_name() == "iotad":  # ours from an earlier call; others (pytest's capture) stay
+            root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if verbose and service else
                   logging.INFO if verbose or service else logging.WARNING)
@@ -126,8 +129,9 @@ class _FlowerHandlerRemover(logging.Filter):
         return True
 
 
-def clean(line: str) -> tuple[str, str] | None:
-    """(level, message) of one line a child printed; None for Flower's empty spacer lines."""
+def clean(line: str) -> tuple[str | None, str] | None:
+    """(level, message) of one line a child printed; level None for a line without one (a traceback's
+    continuation: it takes the level of the line before); None for Flower's empty spacer lines."""
     text = _ANSI.sub("", line).rstrip()
     if not text.strip():
         return None
@@ -135,7 +139,7 @@ def clean(line: str) -> tuple[str, str] | None:
     if m:
         msg = m.group(2).strip()
         return (m.group(1), msg) if msg else None
-    return "INFO", text
+    return None, text
 
 
 class Relay(threading.Thread):
@@ -150,14 +154,16 @@ class Relay(threading.Thread):
         self.lines = 0
 
     def run(self) -> None:
+        level = "INFO"
         with self.source:
             for raw in iter(self.source.readline, b""):
                 parsed = clean(raw.decode("utf-8", errors="replace"))
                 if parsed is None:
                     continue
+                level = parsed[0] or level
                 self.lines += 1
                 try:
-                    self.out.write(render(self.fmt, time.time(), parsed[0], parsed[1], device=self.device,
+                    self.out.write(render(self.fmt, time.time(), level, parsed[1], device=self.device,
                                           process=self.process) + "\n")
                     self.out.flush()
                 except (OSError, ValueError):  # our stdout is gone: keep draining so the child never blocks

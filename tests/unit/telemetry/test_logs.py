@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 import sys
 
@@ -55,8 +56,8 @@ def test_clean_strips_flower_formatting() -> None:
     assert clean("\x1b[92mINFO \x1b[0m:      Starting SuperNode") == ("INFO", "Starting SuperNode")
     assert clean("\x1b[93mWARNING \x1b[0m:   retry") == ("WARNING", "retry")
     assert clean("DEBUG 2026-12-08 00:41:07,123:      ping") == ("DEBUG", "ping")
-    assert clean("Traceback (most recent call last):") == ("INFO", "Traceback (most recent call last):")
-    assert clean("INFO something: x") == ("INFO", "INFO something: x")  # not Flower's shape: kept whole
+    assert clean("Traceback (most recent call last):") == (None, "Traceback (most recent call last):")
+    assert clean("INFO something: x") == (None, "INFO something: x")  # not Flower's shape: kept whole
     assert clean("   \n") is None
 
 
@@ -83,3 +84,17 @@ def test_render_text_and_json() -> None:
     assert render("text", t, "INFO", "x") == "2026-12-08T00:00:00Z INFO x"
     assert json.loads(render("json", t, "INFO", 'a "q"', device="d")) == \
         {"ts": "2026-12-08T00:00:00Z", "level": "INFO", "device": "d", "msg": 'a "q"'}
+
+
+def test_a_traceback_keeps_the_level_of_its_first_line() -> None:
+    text = "ERROR: boom\nTraceback (most recent call last):\n  File \"x.py\", line 1\nINFO: fine again\n"
+    r, w = os.pipe()
+    with open(w, "wb") as f:
+        f.write(text.encode())
+    out = io.StringIO()
+    source = open(r, "rb")  # noqa: SIM115 (the Relay closes it)
+    relay = Relay(source, "agent", device="d", fmt="json", out=out)
+    relay.start()
+    relay.join(timeout=10)
+    levels = [json.loads(line)["level"] for line in out.getvalue().splitlines()]
+    assert levels == ["ERROR", "ERROR", "ERROR", "INFO"]
