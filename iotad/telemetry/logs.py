@@ -81,6 +81,9 @@ def configure(verbose: bool = False, fmt: str | None = None, *, service: bool = 
     handler.setFormatter(_Formatter(fmt, device if device is not None else os.environ.get(DEVICE_ENV, ""),
                                     process))
     handler.addFilter(_not_blank)
+    # Flower's own level, whenever flwr gets imported: its import sets the "flwr" logger to DEBUG.
+    flwr_level = logging.DEBUG if verbose else logging.INFO
+    handler.addFilter(lambda r: r.levelno >= flwr_level or not r.name.startswith("flwr"))
     handler.set_name("iotad")
     root = logging.getLogger()
     for old in list(root.handlers):

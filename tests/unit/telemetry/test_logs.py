@@ -19,6 +19,7 @@ from iotad.telemetry.logs import configure
 configure({args})
 from flwr.common.logger import log
 log(logging.INFO, "")
+log(logging.DEBUG, "flower detail")
 log(logging.INFO, "hello from flower")
 logging.getLogger("iotad.x").info("iotad info")
 logging.getLogger("iotad.x").warning("iotad warning")
@@ -36,6 +37,7 @@ def run_script(before: str = "", args: str = "") -> list[str]:
 def test_flower_lines_once_without_spacers_or_colours(before: str) -> None:
     lines = run_script(before)
     assert sum("hello from flower" in line for line in lines) == 1, lines
+    assert not any("flower detail" in line for line in lines), lines  # Flower's DEBUG needs -v
     assert not any("\x1b[" in line for line in lines), lines
     assert all(line.strip() and not line.rstrip().endswith(":") for line in lines), lines
     assert [line for line in lines if "iotad" in line] == [lines[-1]]  # a batch command: no INFO
