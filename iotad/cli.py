@@ -223,15 +223,13 @@ def _device(a: argparse.Namespace) -> None:
     agent_args = shlex.split(a.agent_args or "")
     if a.tail:
         agent_args += ["--tail", str(a.tail)]
-    elif a.replay_path and not {"--replay", "--tail", "--capture"} & set(agent_args):
-        agent_args += ["--replay", str(a.replay_path)]
     agent_args += ["--rate", str(a.rate)]
     code = run_device(DeviceOptions(
         state_dir=a.state_dir, device_name=a.device_name, superlink=a.superlink,
         root_certificates=a.root_certificates, private_key=a.private_key, data_path=a.data_path,
         supernode_host=a.supernode_host, supernode_port=a.supernode_port, metrics_host=a.metrics_host,
         metrics_port=a.metrics_port, max_retries=a.max_retries, log_dir=a.log_dir, agent_args=agent_args,
-        verbose=a.verbose,
+        replay_path=a.replay_path, verbose=a.verbose,
     ))
     if code:
         sys.exit(code)

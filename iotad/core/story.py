@@ -24,7 +24,8 @@ import numpy as np
 
 from iotad.core.bundle_read import read_bundle
 from iotad.core.centralized import score_csv
-from iotad.data.synthetic.story import STORY_LENGTH
+from iotad.data.schema import TYPE_COLUMN
+from iotad.data.synthetic.story import STORY_LENGTH, story_traffic, write_capture
 
 SAMPLE_SECONDS = 15.0  # Prometheus' scrape interval in monitoring/prometheus.yml
 DEFAULT_RATE = 10.0  # rows/s: a small gateway's traffic; bursts then last minutes, as the alert expects
@@ -52,14 +53,6 @@ class DeviceStory:
     anomalous_series: list[int]
 
 
-def story_capture(device: int, training_rows: int, seed: int, episodes: int) -> tuple[list[str], list[list[str]]]:
-    """Header and rows of the story capture (:func:`iotad.data.synthetic.story.story_traffic`)."""
-    from iotad.data.synthetic.story import story_traffic
-
-    frame = story_traffic(device, training_rows, seed, episodes)
-    return list(frame.columns), frame.astype(str).values.tolist()
-
-
 def _series(flags: np.ndarray, t: np.ndarray, seconds: float) -> tuple[list[int], list[int]]:
     edges = np.arange(0.0, seconds + SAMPLE_SECONDS, SAMPLE_SECONDS)
     scored = np.searchsorted(t, edges, side="right")
@@ -67,16 +60,14 @@ def _series(flags: np.ndarray, t: np.ndarray, seconds: float) -> tuple[list[int]
     return scored.astype(int).tolist(), flagged.astype(int).tolist()
 
 
-def device_story(name: str, model: Path, capture: Path, rate: float, workdir: Path) -> tuple[DeviceStory, dict]:
-    """Score ``capture`` with ``model``; the story and the per-row arrays for the plot."""
-    from iotad.data.schema import TYPE_COLUMN
-
+def device_story(name: str, model: Path, capture: Path, types: np.ndarray, rate: float,
+                 workdir: Path) -> tuple[DeviceStory, dict]:
+    """Score ``capture`` (traffic type per row: ``types``) with ``model``; the story and the per-row arrays
+    for the plot."""
     scores_csv = workdir / f"scores-{name}.csv"
     score_csv(model, capture, scores_csv)
     with open(scores_csv, newline="") as f:
         scored = list(csv.DictReader(f))
-    with open(capture, newline="") as f:
-        types = [r[TYPE_COLUMN] for r in csv.DictReader(f)]
     row = np.array([int(r["row"]) for r in scored])
     score = np.array([float(r["score"]) for r in scored])
     flag = np.array([int(r["anomaly"]) for r in scored], dtype=bool)
@@ -156,14 +147,9 @@ def write_story(run: Path, data: Path, out: Path, *, episodes: int = 3, rate: fl
     plots: list[str] = []
     for model in bundles:
         name = model.parent.name
-        header, body = story_capture(int(name.rsplit("-", 1)[1]), rows, seed, episodes)
-        capture = out / "captures" / f"{name}.csv"
-        capture.parent.mkdir(exist_ok=True)
-        with open(capture, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(header)
-            w.writerows(body)
-        story, arrays = device_story(name, model, capture, rate, out)
+        frame = story_traffic(int(name.rsplit("-", 1)[1]), rows, seed, episodes)
+        capture = write_capture(frame, out / "captures" / f"{name}.csv")
+        story, arrays = device_story(name, model, capture, frame[TYPE_COLUMN].to_numpy(), rate, out)
         (out / f"scores-{name}.csv").unlink(missing_ok=True)
         stories.append(story)
         if plot:

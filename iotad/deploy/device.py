@@ -51,6 +51,7 @@ class DeviceOptions:
     max_retries: int | None = None  # None: retry forever (rejoin a restarted aggregator)
     log_dir: str | None = None  # None: <state>/logs; "-": the launcher's stdout
     agent_args: list[str] = field(default_factory=list)  # source options: --replay/--tail/--capture, --rate, ...
+    replay_path: Path | None = None  # what the agent replays when agent_args name no source (default: data_path)
     verbose: bool = False  # the agent's DEBUG lines too
 
 
@@ -105,7 +106,7 @@ class DeviceLauncher:
         ]
         extra = list(o.agent_args)
         if not {"--replay", "--tail", "--capture"} & set(extra):
-            extra += ["--replay", str(Path(o.data_path).resolve())]
+            extra += ["--replay", str(Path(o.replay_path or o.data_path).resolve())]
         return argv + extra
 
     def start(self) -> None:

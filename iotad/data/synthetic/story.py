@@ -39,9 +39,12 @@ def write_story_captures(out: Path, devices: int, rows_per_device: int, seed: in
     """``out/device-<k>/story.csv`` for ``k < devices``, next to the ``traffic.csv`` of ``iotad synth``."""
     paths = []
     for k in range(devices):
-        path = Path(out) / f"device-{k}" / "story.csv"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        story_traffic(k, rows_per_device, seed).to_csv(path, index=False, quoting=csv.QUOTE_MINIMAL,
-                                                       lineterminator="\n")
-        paths.append(path)
+        paths.append(write_capture(story_traffic(k, rows_per_device, seed), Path(out) / f"device-{k}" / "story.csv"))
     return paths
+
+
+def write_capture(frame: pd.DataFrame, path: Path) -> Path:
+    """A capture as ``iotad synth`` writes its CSVs (raw schema, header, minimal quoting)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(path, index=False, quoting=csv.QUOTE_MINIMAL, lineterminator="\n")
+    return path
